@@ -1,0 +1,1 @@
+"""Model file formats: one module per on-disk format, each with the same verbs."""

@@ -1,0 +1,1 @@
+"""Artifact store: content-addressed blobs and version bundles."""
