@@ -27,6 +27,7 @@ and ``client/errors.py`` maps the JSON back to the same classes.
     │   ├── AliasInUse                  409 "alias_in_use"
     │   └── ModelHasAliases             409 "model_has_aliases"
     ├── PayloadTooLarge                 413 "payload_too_large"
+    ├── UnsupportedMediaType            415 "unsupported_media_type"
     ├── ValidationFailed                422 "validation_failed"
     ├── TooManyRequests                 429 "too_many_requests"
     ├── IntegrityError                  500 "integrity_error"     (a stored blob does not match its hash)
@@ -168,7 +169,8 @@ class AliasNotFound(NotFound):
 
     def __init__(self, *, model: str, alias: str) -> None:
         super().__init__(
-            message=f"model {model!r} has no alias {alias!r}", details={"model": model, "alias": alias}
+            message=f"model {model!r} has no alias {alias!r}",
+            details={"model": model, "alias": alias},
         )
 
 
@@ -204,7 +206,9 @@ class ModelExists(Conflict):
     code = "model_exists"
 
     def __init__(self, *, name: str) -> None:
-        super().__init__(message=f"model {name!r} already exists", details={"model": name})
+        super().__init__(
+            message=f"model {name!r} already exists", details={"model": name}
+        )
 
 
 class AliasInUse(Conflict):
@@ -240,6 +244,15 @@ class PayloadTooLarge(ModelportError):
         super().__init__(
             message=f"{what} is larger than the limit of {limit} bytes",
             details={"limit_bytes": limit},
+        )
+
+
+class UnsupportedMediaType(ModelportError):
+    code = "unsupported_media_type"
+
+    def __init__(self, *, expected: str) -> None:
+        super().__init__(
+            message=f"send the body as {expected}", details={"expected": expected}
         )
 
 

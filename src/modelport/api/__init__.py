@@ -1,1 +1,1 @@
-"""api."""
+"""The HTTP edge: the only package that imports FastAPI."""

@@ -1,1 +1,1 @@
-"""auth."""
+"""Who is calling and what they may do."""

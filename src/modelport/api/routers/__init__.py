@@ -1,1 +1,1 @@
-"""api/routers."""
+"""One router per resource; routers parse and serialize only."""

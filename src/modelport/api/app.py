@@ -1,0 +1,125 @@
+"""create_app(settings): the composition root. Tests call it too, with Settings(home=tmp_path)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from modelport import __version__
+from modelport.api import errors
+from modelport.api.context import AppContext
+from modelport.api.metrics import Metrics
+from modelport.api.middleware import EdgeMiddleware
+from modelport.api.routers import (
+    aliases,
+    audit,
+    health,
+    keys,
+    models,
+    permissions,
+    predict,
+    v2,
+    versions,
+)
+from modelport.auth.keys import KeyAuthenticator, ensure_admin_key
+from modelport.config import Settings
+from modelport.registry.db import Database
+from modelport.serving.router import Router
+from modelport.serving.runtime import ModelRuntime
+from modelport.serving.service import InferenceService
+from modelport.store.local import LocalBlobStore
+
+log = logging.getLogger("modelport")
+
+
+def open_home(settings: Settings) -> tuple[Database, LocalBlobStore]:
+    """Create the data home if needed and apply migrations (idempotent, safe on every start)."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    db = Database(settings)
+    db.migrate()
+    store = LocalBlobStore(settings.blobs_dir, settings.tmp_dir)
+    return db, store
+
+
+def bootstrap(settings: Settings) -> str | None:
+    """First-start work of `modelport serve`: migrate, drop crash leftovers, ensure an admin key.
+
+    Returns a newly generated admin key (to print once), or None.
+    """
+    db, store = open_home(settings)
+    try:
+        removed = store.clean_tmp()
+        if removed:
+            log.info(
+                "removed %d leftover temporary file(s) from an earlier run", removed
+            )
+        return ensure_admin_key(db, settings.admin_key)
+    finally:
+        db.dispose()
+
+
+def _limit_for(settings: Settings):  # type: ignore[no-untyped-def]
+    def limit(method: str, path: str) -> int:
+        if (
+            method == "POST"
+            and path.endswith("/versions")
+            and path.startswith("/v1/models/")
+        ):
+            return settings.max_upload_bytes
+        if method == "POST" and (path.endswith("/predict") or path.endswith("/infer")):
+            return settings.max_predict_bytes
+        return settings.max_json_bytes
+
+    return limit
+
+
+def create_app(settings: Settings) -> FastAPI:
+    db, store = open_home(settings)
+    ensure_admin_key(db, settings.admin_key)
+    runtime = ModelRuntime(store, capacity=settings.model_cache_size)
+    router = Router(db)
+    ctx = AppContext(
+        settings=settings,
+        db=db,
+        store=store,
+        keys=KeyAuthenticator(db),
+        router=router,
+        runtime=runtime,
+        inference=InferenceService(router, runtime, max_batch=settings.max_batch),
+        metrics=Metrics(runtime.loaded),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        ctx.draining = True
+        runtime.close()
+        db.dispose()
+
+    app = FastAPI(
+        title="Modelport",
+        version=__version__,
+        description="Self-hosted model-as-a-service: registry, versions, aliases, keys and inference.",
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    errors.install(app)
+    for module in (
+        health,
+        models,
+        versions,
+        aliases,
+        permissions,
+        predict,
+        v2,
+        keys,
+        audit,
+    ):
+        app.include_router(module.router)
+    app.add_middleware(
+        EdgeMiddleware, metrics=ctx.metrics, limit_for=_limit_for(settings)
+    )
+    return app

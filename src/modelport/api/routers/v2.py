@@ -1,0 +1,106 @@
+"""Open Inference Protocol V2 (KServe, Triton clients): health, metadata, infer."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from modelport import __version__
+from modelport.api.deps import Caller, Ctx
+from modelport.api.routers._json import json_response
+from modelport.api.routers.predict import require_json
+from modelport.auth.principals import Principal
+from modelport.refs import check_name, parse_version
+from modelport.registry import versions
+from modelport.serving.protocols import v2
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+
+
+@router.get("", summary="Server metadata")
+def server_metadata(_: Caller) -> Response:
+    return json_response(
+        {"name": "modelport", "version": __version__, "extensions": []}
+    )
+
+
+@router.get("/health/live", summary="Server live")
+def live(_: Caller) -> Response:
+    return json_response({"live": True})
+
+
+@router.get("/health/ready", summary="Server ready")
+def ready(ctx: Ctx, _: Caller) -> Response:
+    ctx.db.ping()
+    return json_response({"ready": True})
+
+
+def _ref(name: str, version: str | None) -> str:
+    check_name(name)
+    return f"{name}:{parse_version(version)}" if version is not None else name
+
+
+def _metadata(ctx: Ctx, who: Principal, name: str, version: str | None) -> Response:
+    target = ctx.router.resolve(who, _ref(name, version))
+    items, _ = versions.list_versions(ctx.db, who, name, limit=500)
+    sig = target.manifest.signature
+    return json_response(
+        {
+            "name": target.model,
+            "versions": [str(v.version) for v in items if v.status == "ready"],
+            "platform": target.manifest.format,
+            "inputs": v2.tensor_metadata(sig.inputs),
+            "outputs": v2.tensor_metadata(sig.outputs),
+        }
+    )
+
+
+@router.get("/models/{name}", summary="Model metadata (default version)")
+def model_metadata(name: str, ctx: Ctx, who: Caller) -> Response:
+    return _metadata(ctx, who, name, None)
+
+
+@router.get("/models/{name}/versions/{version}", summary="Model version metadata")
+def version_metadata(name: str, version: str, ctx: Ctx, who: Caller) -> Response:
+    return _metadata(ctx, who, name, version)
+
+
+async def _ready(ctx: Ctx, who: Principal, name: str, version: str | None) -> Response:
+    target = ctx.router.resolve(who, _ref(name, version))
+    await ctx.inference.pipeline_for(target)
+    return json_response({"name": target.model, "ready": True})
+
+
+@router.get("/models/{name}/ready", summary="Model ready (loads it if needed)")
+async def model_ready(name: str, ctx: Ctx, who: Caller) -> Response:
+    return await _ready(ctx, who, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready", summary="Model version ready")
+async def version_ready(name: str, version: str, ctx: Ctx, who: Caller) -> Response:
+    return await _ready(ctx, who, name, version)
+
+
+async def _infer(
+    ctx: Ctx, who: Principal, request: Request, name: str, version: str | None
+) -> Response:
+    require_json(request)
+    arrays, request_id, wanted = v2.parse_infer(await request.body())
+    prediction = await ctx.inference.predict(who, _ref(name, version), arrays)
+    return Response(
+        v2.render_infer(prediction, request_id, wanted), media_type="application/json"
+    )
+
+
+@router.post("/models/{name}/infer", summary="Infer with the default version")
+async def infer(name: str, request: Request, ctx: Ctx, who: Caller) -> Response:
+    return await _infer(ctx, who, request, name, None)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer", summary="Infer with a given version"
+)
+async def infer_version(
+    name: str, version: str, request: Request, ctx: Ctx, who: Caller
+) -> Response:
+    return await _infer(ctx, who, request, name, version)

@@ -1,0 +1,266 @@
+"""The manifest's pre- and post-processing around a Predictor, and input checking.
+
+A caller sends raw examples (one, or a batch); ``prepare`` decides which by comparing the rank with the
+signature, applies scale/shift/normalize/reshape, casts to the signature dtype and checks shapes;
+``decode`` applies softmax/sigmoid and turns argmax/top-k into labelled predictions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from modelport.errors import InvalidInput
+from modelport.formats.base import Predictor, Tensors
+from modelport.store.bundle import Manifest, Normalize, TensorSpec
+
+NUMPY_DTYPES: dict[str, Any] = {
+    "float32": np.float32,
+    "float64": np.float64,
+    "float16": np.float16,
+    "int8": np.int8,
+    "int16": np.int16,
+    "int32": np.int32,
+    "int64": np.int64,
+    "uint8": np.uint8,
+    "bool": np.bool_,
+    "string": np.str_,
+}
+
+
+def _shape_text(shape: list[int] | None) -> str:
+    return (
+        "["
+        + ", ".join(
+            "N" if i == 0 else ("*" if d == -1 else str(d))
+            for i, d in enumerate(shape or [])
+        )
+        + "]"
+    )
+
+
+class Pipeline:
+    """A loaded version: manifest + predictor. Thread-safe; holds no per-request state."""
+
+    def __init__(self, manifest: Manifest, predictor: Predictor) -> None:
+        self.manifest = manifest
+        self.predictor = predictor
+        self.inputs = manifest.signature.inputs
+        reshape = next(
+            (p.reshape for p in manifest.preprocess if p.reshape is not None), None
+        )
+        self.raw_example_size = math.prod(reshape) if reshape else None
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def prepare(self, inputs: Any, *, max_batch: int) -> tuple[Tensors, bool]:
+        """Named, preprocessed, type-checked batch arrays, and whether the caller sent one example."""
+        named = self._name_inputs(inputs)
+        arrays: Tensors = {}
+        single_flags = set()
+        for spec in self.inputs:
+            raw = self._to_array(spec, named[spec.name])
+            arr, single = self._batch(spec, raw)
+            single_flags.add(single)
+            if arr.shape[0] > max_batch:
+                raise InvalidInput(
+                    message=f"batch of {arr.shape[0]} is over the limit of {max_batch}"
+                )
+            if arr.shape[0] == 0:
+                raise InvalidInput(message="empty batch: send at least one example")
+            arrays[spec.name] = self._check_shape(
+                spec, self._preprocess(arr) if spec is self.inputs[0] else arr
+            )
+        if len(single_flags) > 1:
+            raise InvalidInput(
+                message="send every input as one example, or every input as a batch"
+            )
+        return arrays, single_flags.pop()
+
+    def _name_inputs(self, inputs: Any) -> dict[str, Any]:
+        names = [s.name for s in self.inputs]
+        if isinstance(inputs, dict):
+            missing = [n for n in names if n not in inputs]
+            extra = [k for k in inputs if k not in names]
+            if missing or extra:
+                raise InvalidInput(
+                    message=f"inputs must be named {', '.join(names)}",
+                    details={
+                        "missing": missing[:10],
+                        "unexpected": [str(e)[:64] for e in extra[:10]],
+                    },
+                )
+            return inputs
+        if len(names) != 1:
+            raise InvalidInput(
+                message=f"this model takes several inputs; send an object with {', '.join(names)}"
+            )
+        return {names[0]: inputs}
+
+    def _to_array(self, spec: TensorSpec, value: Any) -> np.ndarray:
+        if isinstance(value, np.ndarray):
+            arr = value
+        else:
+            if not isinstance(value, list):
+                raise InvalidInput(
+                    message=f"input {spec.name!r} must be an array (a JSON list)"
+                )
+            try:
+                arr = np.asarray(
+                    value, dtype=np.str_ if spec.dtype == "string" else None
+                )
+            except (ValueError, TypeError):
+                raise InvalidInput(
+                    message=f"input {spec.name!r} is not a rectangular array"
+                ) from None
+        if spec.dtype == "string":
+            return arr.astype(np.str_)
+        if arr.dtype.kind not in "biuf":
+            raise InvalidInput(
+                message=f"input {spec.name!r} must hold numbers (got {arr.dtype.kind!r} values)",
+                details={"expected_dtype": spec.dtype},
+            )
+        if arr.dtype.kind == "f" and not spec.allow_nan and not np.isfinite(arr).all():
+            raise InvalidInput(
+                message=f"input {spec.name!r} contains NaN or Infinity, which this model refuses"
+            )
+        return arr
+
+    def _batch(self, spec: TensorSpec, arr: np.ndarray) -> tuple[np.ndarray, bool]:
+        if self.raw_example_size is not None and spec is self.inputs[0]:
+            k = self.raw_example_size
+            if arr.ndim == 1 and arr.size == k:
+                return arr.reshape(1, k), True
+            if arr.ndim >= 2 and math.prod(arr.shape[1:]) == k:
+                return arr.reshape(arr.shape[0], k), False
+            raise InvalidInput(
+                message=f"input {spec.name!r}: each example must have {k} values",
+                details={"got_shape": list(arr.shape)},
+            )
+        rank = len(spec.shape) if spec.shape else 2
+        if arr.ndim == rank - 1:
+            return arr[np.newaxis, ...], True
+        if arr.ndim == rank:
+            return arr, False
+        raise InvalidInput(
+            message=f"input {spec.name!r} must have shape {_shape_text(spec.shape)} (or one example without N)",
+            details={"got_shape": list(arr.shape), "expected_shape": spec.shape},
+        )
+
+    def _preprocess(self, arr: np.ndarray) -> np.ndarray:
+        for step in self.manifest.preprocess:
+            if step.scale is not None:
+                arr = arr * step.scale
+            elif step.shift is not None:
+                arr = arr + step.shift
+            elif step.normalize is not None:
+                arr = _normalize(arr, step.normalize)
+            elif step.reshape is not None:
+                arr = arr.reshape(arr.shape[0], *step.reshape)
+        return arr
+
+    def _check_shape(self, spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
+        if spec.shape is not None:
+            expected = spec.shape
+            ok = len(expected) == arr.ndim and all(
+                e == -1 or e == a
+                for e, a in zip(expected[1:], arr.shape[1:], strict=True)
+            )
+            if not ok:
+                raise InvalidInput(
+                    message=f"input {spec.name!r} must have shape {_shape_text(expected)}",
+                    details={"got_shape": list(arr.shape), "expected_shape": expected},
+                )
+        return arr.astype(NUMPY_DTYPES[spec.dtype], copy=False)
+
+    # -- model and outputs ----------------------------------------------------------------------
+    def run(self, arrays: Tensors) -> Tensors:
+        return self.predictor(arrays)
+
+    def postprocess(self, outputs: Tensors) -> tuple[Tensors, list[Any] | None]:
+        """Apply softmax/sigmoid to the primary (first) output; argmax/top-k become predictions."""
+        names = list(outputs)
+        primary = np.asarray(outputs[names[0]])
+        predictions: list[Any] | None = None
+        for step in self.manifest.postprocess:
+            if step.softmax:
+                primary = _softmax(primary)
+            elif step.sigmoid:
+                primary = 1.0 / (1.0 + np.exp(-primary))
+            elif step.argmax:
+                predictions = self._top(primary, 1, flat=True)
+            elif step.top_k:
+                predictions = self._top(primary, step.top_k, flat=False)
+        return {names[0]: primary, **{n: outputs[n] for n in names[1:]}}, predictions
+
+    def decode(self, outputs: Tensors, *, single: bool) -> tuple[Any, Any]:
+        """(outputs, predictions) as JSON-ready values; one output is a bare array, several a dict."""
+        tensors, predictions = self.postprocess(outputs)
+        values: dict[str, Any] = dict(tensors)
+        if single:
+            values = {k: v[0] for k, v in values.items()}
+            predictions = predictions[0] if predictions is not None else None  # type: ignore[assignment]
+        if len(values) == 1:
+            return _jsonable(next(iter(values.values()))), predictions
+        return _jsonable_dict(values), predictions
+
+    def _top(self, scores: np.ndarray, k: int, *, flat: bool) -> list[Any]:
+        scores2d = scores.reshape(scores.shape[0], -1)
+        k = min(k, scores2d.shape[1])
+        idx = np.argsort(-scores2d, axis=1, kind="stable")[:, :k]
+        labels = self.manifest.labels
+        result: list[Any] = []
+        for row, order in zip(scores2d, idx, strict=True):
+            items = [
+                {
+                    "label": labels[i] if labels and i < len(labels) else str(i),
+                    "index": int(i),
+                    "score": _finite(float(row[i])),
+                }
+                for i in order
+            ]
+            result.append(items[0] if flat else items)
+        return result
+
+
+def _normalize(arr: np.ndarray, norm: Normalize) -> np.ndarray:
+    mean = np.asarray(norm.mean, dtype=np.float64)
+    std = np.asarray(norm.std, dtype=np.float64)
+    if mean.ndim == 0 and std.ndim == 0:
+        return (arr - mean) / std
+    n = max(mean.size, std.size)
+    if arr.ndim > 2 and arr.shape[1] == n:
+        shape = (1, n) + (1,) * (arr.ndim - 2)
+    elif arr.shape[-1] == n:
+        shape = (1,) * (arr.ndim - 1) + (n,)
+    else:
+        raise InvalidInput(
+            message=f"normalize has {n} means/stds, which fits neither the channels nor features"
+        )
+    return (arr - mean.reshape(shape)) / std.reshape(shape)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - np.max(x, axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _jsonable(value: Any) -> Any:
+    """Numpy to plain lists; orjson writes NaN/Inf as null, so the response stays valid JSON."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "USO":
+            return value.tolist()
+        return np.ascontiguousarray(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _jsonable_dict(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _jsonable(v) for k, v in values.items()}

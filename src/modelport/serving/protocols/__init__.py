@@ -1,0 +1,1 @@
+"""Wire formats <-> service calls, testable without HTTP."""

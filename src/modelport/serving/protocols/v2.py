@@ -1,0 +1,138 @@
+"""Open Inference Protocol V2 (KServe / Triton) request and response codecs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+
+from modelport.errors import InvalidInput
+from modelport.formats.base import Tensors
+from modelport.serving.service import Prediction
+from modelport.store.bundle import TensorSpec
+
+V2_TO_NUMPY: dict[str, Any] = {
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "FP16": np.float16,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "BOOL": np.bool_,
+    "BYTES": np.str_,
+}
+DTYPE_TO_V2 = {
+    "float32": "FP32",
+    "float64": "FP64",
+    "float16": "FP16",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "uint8": "UINT8",
+    "bool": "BOOL",
+    "string": "BYTES",
+}
+
+
+def _numpy_to_v2(arr: np.ndarray) -> str:
+    if arr.dtype.kind in "USO":
+        return "BYTES"
+    return DTYPE_TO_V2.get(arr.dtype.name, "FP64")
+
+
+def parse_infer(body: bytes) -> tuple[Tensors, str | None, list[str] | None]:
+    """(named arrays, request id, requested output names) from a V2 infer request."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidInput(message="body is not valid JSON") from None
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("inputs"), list)
+        or not data["inputs"]
+    ):
+        raise InvalidInput(
+            message='body must be an object with a non-empty "inputs" list'
+        )
+    arrays: Tensors = {}
+    for item in data["inputs"]:
+        if not isinstance(item, dict):
+            raise InvalidInput(
+                message="each input must be an object with name, shape, datatype, data"
+            )
+        name, shape, dtype = item.get("name"), item.get("shape"), item.get("datatype")
+        if (
+            not isinstance(name, str)
+            or not isinstance(shape, list)
+            or dtype not in V2_TO_NUMPY
+        ):
+            raise InvalidInput(
+                message=f"input needs name, shape and a datatype among {', '.join(V2_TO_NUMPY)}"
+            )
+        if not all(isinstance(d, int) and d >= 0 for d in shape) or len(shape) > 8:
+            raise InvalidInput(
+                message=f"input {name[:64]!r}: shape must be a list of non-negative integers"
+            )
+        try:
+            arr = np.asarray(item.get("data"), dtype=V2_TO_NUMPY[dtype])
+        except (ValueError, TypeError, OverflowError):
+            raise InvalidInput(
+                message=f"input {name[:64]!r}: data does not match datatype {dtype}"
+            ) from None
+        if arr.size != math.prod(shape):
+            raise InvalidInput(
+                message=f"input {name[:64]!r}: {arr.size} values do not fill shape {shape}"
+            )
+        arrays[name] = arr.reshape(shape)
+    outputs = data.get("outputs")
+    wanted = (
+        [o["name"] for o in outputs if isinstance(o, dict) and "name" in o]
+        if isinstance(outputs, list)
+        else None
+    )
+    request_id = data.get("id") if isinstance(data.get("id"), str) else None
+    return arrays, request_id, wanted
+
+
+def render_infer(
+    prediction: Prediction, request_id: str | None, wanted: list[str] | None
+) -> bytes:
+    tensors, _ = prediction.pipeline.postprocess(prediction.outputs)
+    names = [n for n in tensors if wanted is None or n in wanted]
+    outputs = []
+    for name in names:
+        arr = np.asarray(tensors[name])
+        flat = arr.reshape(-1)
+        outputs.append(
+            {
+                "name": name,
+                "shape": list(arr.shape),
+                "datatype": _numpy_to_v2(arr),
+                "data": flat.tolist()
+                if flat.dtype.kind in "USO"
+                else np.ascontiguousarray(flat),
+            }
+        )
+    body: dict[str, Any] = {
+        "model_name": prediction.target.model,
+        "model_version": str(prediction.target.version),
+        "outputs": outputs,
+    }
+    if request_id is not None:
+        body["id"] = request_id
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def tensor_metadata(specs: list[TensorSpec]) -> list[dict[str, Any]]:
+    return [
+        {"name": s.name, "datatype": DTYPE_TO_V2[s.dtype], "shape": s.shape or [-1]}
+        for s in specs
+    ]
