@@ -157,10 +157,7 @@ class VersionNotFound(NotFound):
     code = "version_not_found"
 
     def __init__(self, *, model: str, version: int | None = None) -> None:
-        if version is None:
-            msg = f"model {model!r} has no versions yet"
-        else:
-            msg = f"model {model!r} has no version {version}"
+        msg = f"model {model!r} has no versions yet" if version is None else f"model {model!r} has no version {version}"
         super().__init__(message=msg, details={"model": model, "version": version})
 
 
@@ -206,9 +203,7 @@ class ModelExists(Conflict):
     code = "model_exists"
 
     def __init__(self, *, name: str) -> None:
-        super().__init__(
-            message=f"model {name!r} already exists", details={"model": name}
-        )
+        super().__init__(message=f"model {name!r} already exists", details={"model": name})
 
 
 class AliasInUse(Conflict):
@@ -251,9 +246,7 @@ class UnsupportedMediaType(ModelportError):
     code = "unsupported_media_type"
 
     def __init__(self, *, expected: str) -> None:
-        super().__init__(
-            message=f"send the body as {expected}", details={"expected": expected}
-        )
+        super().__init__(message=f"send the body as {expected}", details={"expected": expected})
 
 
 class ValidationFailed(ModelportError):

@@ -44,15 +44,8 @@ class ModelRef:
 def parse_version(value: str | int) -> int:
     """Parse a version number (1, 2, 3...)."""
     text = str(value)
-    if (
-        not text.isdigit()
-        or text.startswith("0")
-        or len(text) > 10
-        or int(text) > MAX_VERSION
-    ):
-        raise InvalidReference(
-            value=text, reason="a version is a positive whole number"
-        )
+    if not text.isdigit() or text.startswith("0") or len(text) > 10 or int(text) > MAX_VERSION:
+        raise InvalidReference(value=text, reason="a version is a positive whole number")
     return int(text)
 
 
@@ -61,9 +54,7 @@ def parse_ref(value: str) -> ModelRef:
     if len(value) > 200:
         raise InvalidReference(value=value, reason="too long")
     if ":" in value and "@" in value:
-        raise InvalidReference(
-            value=value, reason="give a version or an alias, not both"
-        )
+        raise InvalidReference(value=value, reason="give a version or an alias, not both")
     if ":" in value:
         name, _, version = value.partition(":")
         return ModelRef(name=check_name(name), version=parse_version(version))

@@ -53,9 +53,7 @@ def bootstrap(settings: Settings) -> str | None:
     try:
         removed = store.clean_tmp()
         if removed:
-            log.info(
-                "removed %d leftover temporary file(s) from an earlier run", removed
-            )
+            log.info("removed %d leftover temporary file(s) from an earlier run", removed)
         return ensure_admin_key(db, settings.admin_key)
     finally:
         db.dispose()
@@ -63,11 +61,7 @@ def bootstrap(settings: Settings) -> str | None:
 
 def _limit_for(settings: Settings):  # type: ignore[no-untyped-def]
     def limit(method: str, path: str) -> int:
-        if (
-            method == "POST"
-            and path.endswith("/versions")
-            and path.startswith("/v1/models/")
-        ):
+        if method == "POST" and path.endswith("/versions") and path.startswith("/v1/models/"):
             return settings.max_upload_bytes
         if method == "POST" and (path.endswith("/predict") or path.endswith("/infer")):
             return settings.max_predict_bytes
@@ -119,7 +113,5 @@ def create_app(settings: Settings) -> FastAPI:
         audit,
     ):
         app.include_router(module.router)
-    app.add_middleware(
-        EdgeMiddleware, metrics=ctx.metrics, limit_for=_limit_for(settings)
-    )
+    app.add_middleware(EdgeMiddleware, metrics=ctx.metrics, limit_for=_limit_for(settings))
     return app

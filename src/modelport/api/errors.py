@@ -49,12 +49,8 @@ def error_response(
     details: dict[str, object] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    body = orjson.dumps(
-        {"error": {"code": code, "message": message, "details": details or {}}}
-    )
-    return Response(
-        body, status_code=status, media_type="application/json", headers=headers
-    )
+    body = orjson.dumps({"error": {"code": code, "message": message, "details": details or {}}})
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 async def _modelport_error(request: Request, exc: Exception) -> Response:
@@ -66,9 +62,7 @@ async def _modelport_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, errors.Unauthenticated):
         headers = {"WWW-Authenticate": "Bearer"}
     if status >= 500:
-        log.error(
-            "request %s failed: %s", getattr(request.state, "request_id", "-"), exc.code
-        )
+        log.error("request %s failed: %s", getattr(request.state, "request_id", "-"), exc.code)
     return error_response(status, exc.code, exc.message, exc.details, headers)
 
 
@@ -77,27 +71,16 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     problems = []
     for err in exc.errors()[:10]:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        problems.append(
-            {"field": loc or "(body)", "problem": str(err.get("msg", "invalid"))}
-        )
-    message = (
-        "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
-        or "invalid request"
-    )
+        problems.append({"field": loc or "(body)", "problem": str(err.get("msg", "invalid"))})
+    message = "; ".join(f"{p['field']}: {p['problem']}" for p in problems) or "invalid request"
     return error_response(422, "validation_failed", message, {"problems": problems})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = HTTP_CODES.get(exc.status_code, "http_error")
-    message = (
-        "no such endpoint; see /docs for the API"
-        if exc.status_code == 404
-        else str(exc.detail)
-    )
-    return error_response(
-        exc.status_code, code, message, headers=getattr(exc, "headers", None)
-    )
+    message = "no such endpoint; see /docs for the API" if exc.status_code == 404 else str(exc.detail)
+    return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
 
 def install(app: FastAPI) -> None:

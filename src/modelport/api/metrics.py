@@ -34,9 +34,7 @@ class _LoadedCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         infos = self.loaded()
-        count = GaugeMetricFamily(
-            "modelport_loaded_models", "Model versions loaded in this process"
-        )
+        count = GaugeMetricFamily("modelport_loaded_models", "Model versions loaded in this process")
         count.add_metric([], len(infos))
         memory = GaugeMetricFamily(
             "modelport_loaded_model_bytes",
@@ -80,15 +78,11 @@ class Metrics:
         )
         self.registry.register(_LoadedCollector(loaded))
 
-    def observe_request(
-        self, route: str, method: str, status: int, seconds: float
-    ) -> None:
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route, method).observe(seconds)
 
-    def observe_prediction(
-        self, model: str, version: int, seconds: float, *, ok: bool
-    ) -> None:
+    def observe_prediction(self, model: str, version: int, seconds: float, *, ok: bool) -> None:
         self.predictions.labels(model, str(version), "ok" if ok else "error").inc()
         if ok:
             self.prediction_latency.labels(model, str(version)).observe(seconds)

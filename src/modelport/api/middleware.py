@@ -23,9 +23,7 @@ errlog = logging.getLogger("modelport.api")
 
 
 class EdgeMiddleware:
-    def __init__(
-        self, app: ASGIApp, *, metrics: Metrics, limit_for: Callable[[str, str], int]
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, limit_for: Callable[[str, str], int]) -> None:
         self.app = app
         self.metrics = metrics
         self.limit_for = limit_for
@@ -55,9 +53,7 @@ class EdgeMiddleware:
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             exc = PayloadTooLarge(limit=limit)
-            await error_response(413, exc.code, exc.message, exc.details)(
-                scope, receive, send_wrapper
-            )
+            await error_response(413, exc.code, exc.message, exc.details)(scope, receive, send_wrapper)
             self._finish(scope, method, status, started, request_id)
             return
 
@@ -75,27 +71,19 @@ class EdgeMiddleware:
         try:
             await self.app(scope, receive_limited, send_wrapper)
         except Exception as exc:  # noqa: BLE001 - the last line of defence: no trace leaves the server
-            errlog.error(
-                "request %s failed: internal error (%s)", request_id, type(exc).__name__
-            )
+            errlog.error("request %s failed: internal error (%s)", request_id, type(exc).__name__)
             errlog.debug("request %s traceback", request_id, exc_info=True)
             if not response_started:
-                body = error_response(
-                    500, "internal", "internal error", {"request_id": request_id}
-                )
+                body = error_response(500, "internal", "internal error", {"request_id": request_id})
                 await body(scope, receive, send_wrapper)
         self._finish(scope, method, status, started, request_id)
 
-    def _finish(
-        self, scope: Scope, method: str, status: int, started: float, request_id: str
-    ) -> None:
+    def _finish(self, scope: Scope, method: str, status: int, started: float, request_id: str) -> None:
         elapsed = time.perf_counter() - started
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         self.metrics.observe_request(template, method, status, elapsed)
-        log.info(
-            "%s %s %s %d %.1fms", request_id, method, template, status, elapsed * 1000
-        )
+        log.info("%s %s %s %d %.1fms", request_id, method, template, status, elapsed * 1000)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -109,9 +109,7 @@ def list_keys(db: Database, *, include_revoked: bool = False) -> list[KeyInfo]:
         return [_info(r) for r in s.scalars(q)]
 
 
-def revoke_key(
-    db: Database, *, actor: str, key_id: str, client: str | None = None
-) -> KeyInfo:
+def revoke_key(db: Database, *, actor: str, key_id: str, client: str | None = None) -> KeyInfo:
     with db.write() as s:
         row = s.get(ApiKey, key_id)
         if row is None:
@@ -124,11 +122,7 @@ def revoke_key(
 
 def has_admin_key(db: Database) -> bool:
     with db.read() as s:
-        q = (
-            select(ApiKey.id)
-            .where(ApiKey.role == "admin", ApiKey.revoked_at.is_(None))
-            .limit(1)
-        )
+        q = select(ApiKey.id).where(ApiKey.role == "admin", ApiKey.revoked_at.is_(None)).limit(1)
         return s.scalar(q) is not None
 
 
@@ -140,10 +134,7 @@ def ensure_admin_key(db: Database, given: str | None) -> str | None:
     """
     if given is not None:
         with db.read() as s:
-            exists = (
-                s.scalar(select(ApiKey.id).where(ApiKey.hash == hash_key(given)))
-                is not None
-            )
+            exists = s.scalar(select(ApiKey.id).where(ApiKey.hash == hash_key(given))) is not None
         if exists:
             return None
         create_key(db, actor="system", name="admin", role="admin", key=given)
@@ -188,11 +179,7 @@ class KeyAuthenticator:
         with self.db.read() as s:
             row = s.scalar(select(ApiKey).where(ApiKey.hash == digest))
         # The hash index found the row; compare again in constant time so timing says nothing.
-        if (
-            row is None
-            or not hmac.compare_digest(row.hash, digest)
-            or row.revoked_at is not None
-        ):
+        if row is None or not hmac.compare_digest(row.hash, digest) or row.revoked_at is not None:
             return None, None
         role: Role = "admin" if row.role == "admin" else "member"
         return Principal(name=row.principal, role=role, key_id=row.id), row.expires_at

@@ -56,8 +56,6 @@ class Format(Protocol):
     NAME: str
     EXTENSIONS: tuple[str, ...]
 
-    def inspect(
-        self, bundle_dir: Path, entrypoint: str, given: ManifestInput
-    ) -> Inspection: ...
+    def inspect(self, bundle_dir: Path, entrypoint: str, given: ManifestInput) -> Inspection: ...
 
     def load(self, bundle_dir: Path, manifest: Manifest) -> Predictor: ...

@@ -32,23 +32,17 @@ def role_of(session: Session, principal: Principal, model: Model) -> str | None:
     if principal.is_admin:
         return "owner"
     return session.scalar(
-        select(Permission.role).where(
-            Permission.model_id == model.id, Permission.principal == principal.name
-        )
+        select(Permission.role).where(Permission.model_id == model.id, Permission.principal == principal.name)
     )
 
 
-def require(
-    session: Session, principal: Principal, model: Model, action: Action
-) -> str:
+def require(session: Session, principal: Principal, model: Model, action: Action) -> str:
     """Return the principal's role or raise ModelNotFound (cannot read) / PermissionDenied."""
     role = role_of(session, principal, model)
     if role is None:
         raise ModelNotFound(name=model.name)
     if RANK[role] < NEEDS[action]:
-        raise PermissionDenied(
-            action=ACTION_WORDS[action], target=f"model {model.name!r}"
-        )
+        raise PermissionDenied(action=ACTION_WORDS[action], target=f"model {model.name!r}")
     return role
 
 
@@ -56,22 +50,14 @@ def readable_model_ids(session: Session, principal: Principal) -> list[int] | No
     """Ids of models the principal may read, or None meaning all (admins)."""
     if principal.is_admin:
         return None
-    return list(
-        session.scalars(
-            select(Permission.model_id).where(Permission.principal == principal.name)
-        )
-    )
+    return list(session.scalars(select(Permission.model_id).where(Permission.principal == principal.name)))
 
 
-def set_permission(
-    session: Session, model: Model, principal_name: str, role: str
-) -> None:
+def set_permission(session: Session, model: Model, principal_name: str, role: str) -> None:
     if role not in MODEL_ROLES:
         raise BadRequest(message=f"role must be one of {', '.join(MODEL_ROLES)}")
     row = session.scalar(
-        select(Permission).where(
-            Permission.model_id == model.id, Permission.principal == principal_name
-        )
+        select(Permission).where(Permission.model_id == model.id, Permission.principal == principal_name)
     )
     if row is None:
         session.add(Permission(model_id=model.id, principal=principal_name, role=role))
@@ -81,9 +67,7 @@ def set_permission(
 
 def remove_permission(session: Session, model: Model, principal_name: str) -> bool:
     row = session.scalar(
-        select(Permission).where(
-            Permission.model_id == model.id, Permission.principal == principal_name
-        )
+        select(Permission).where(Permission.model_id == model.id, Permission.principal == principal_name)
     )
     if row is None:
         return False
@@ -97,4 +81,4 @@ def list_permissions(session: Session, model: Model) -> dict[str, str]:
         .where(Permission.model_id == model.id)
         .order_by(Permission.principal)
     )
-    return {p: r for p, r in rows}
+    return {str(p): str(r) for p, r in rows}

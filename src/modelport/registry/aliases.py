@@ -34,9 +34,7 @@ def set_alias(
                 message=f"version {number} of {model.name!r} is {version.status}; "
                 "an alias may only point to a ready version"
             )
-        row = s.scalar(
-            select(Alias).where(Alias.model_id == model.id, Alias.name == alias)
-        )
+        row = s.scalar(select(Alias).where(Alias.model_id == model.id, Alias.name == alias))
         previous = None
         if row is None:
             row = Alias(
@@ -80,9 +78,7 @@ def delete_alias(
     check_name(alias, kind="alias")
     with db.write() as s:
         model, _ = visible_model(s, principal, model_name, "write")
-        row = s.scalar(
-            select(Alias).where(Alias.model_id == model.id, Alias.name == alias)
-        )
+        row = s.scalar(select(Alias).where(Alias.model_id == model.id, Alias.name == alias))
         if row is None:
             raise AliasNotFound(model=model.name, alias=alias)
         previous = row.version.number
@@ -97,14 +93,10 @@ def delete_alias(
         )
 
 
-def list_aliases(
-    db: Database, principal: Principal, model_name: str
-) -> list[AliasView]:
+def list_aliases(db: Database, principal: Principal, model_name: str) -> list[AliasView]:
     with db.read() as s:
         model, _ = visible_model(s, principal, model_name, "read")
-        rows = s.scalars(
-            select(Alias).where(Alias.model_id == model.id).order_by(Alias.name)
-        )
+        rows = s.scalars(select(Alias).where(Alias.model_id == model.id).order_by(Alias.name))
         return [
             AliasView(
                 model=model.name,

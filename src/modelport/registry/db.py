@@ -21,9 +21,7 @@ from modelport.config import Settings
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
-    engine = create_engine(
-        url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=10
-    )
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=10)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -53,9 +51,7 @@ class Database:
             self.write_engine = _sqlite_engine(self.url, immediate=True)
             self.read_engine = _sqlite_engine(self.url, immediate=False)
         else:
-            self.write_engine = create_engine(
-                self.url, pool_size=10, max_overflow=20, pool_pre_ping=True
-            )
+            self.write_engine = create_engine(self.url, pool_size=10, max_overflow=20, pool_pre_ping=True)
             self.read_engine = self.write_engine
         self._write = sessionmaker(self.write_engine, expire_on_commit=False)
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
@@ -78,9 +74,7 @@ class Database:
     def migrate(self) -> None:
         """Apply every Alembic migration not yet applied (idempotent)."""
         cfg = Config()
-        cfg.set_main_option(
-            "script_location", str(resources.files("modelport.registry") / "migrations")
-        )
+        cfg.set_main_option("script_location", str(resources.files("modelport.registry") / "migrations"))
         with self.write_engine.connect() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")

@@ -15,9 +15,7 @@ from modelport.registry.versions import load_version, resolve
 MAX_DEPTH = 100
 
 
-def chain(
-    db: Database, principal: Principal, model_name: str, number: int
-) -> list[dict[str, Any]]:
+def chain(db: Database, principal: Principal, model_name: str, number: int) -> list[dict[str, Any]]:
     """The version, then its parent, grandparent...; stops at a parent the caller may not read."""
     out: list[dict[str, Any]] = []
     with db.read() as s:

@@ -31,9 +31,7 @@ def load_model(session: Session, name: str) -> Model:
     return model
 
 
-def visible_model(
-    session: Session, principal: Principal, name: str, action: acl.Action
-) -> tuple[Model, str]:
+def visible_model(session: Session, principal: Principal, name: str, action: acl.Action) -> tuple[Model, str]:
     """The model and the caller's role, after the permission check for ``action``."""
     model = load_model(session, name)
     role = acl.require(session, principal, model, action)
@@ -41,9 +39,7 @@ def visible_model(
 
 
 def view(session: Session, model: Model, role: str | None = None) -> ModelView:
-    latest = session.scalar(
-        select(func.max(Version.number)).where(Version.model_id == model.id)
-    )
+    latest = session.scalar(select(func.max(Version.number)).where(Version.model_id == model.id))
     rows = session.execute(
         select(Alias.name, Version.number)
         .join(Version, Alias.version_id == Version.id)
@@ -58,7 +54,7 @@ def view(session: Session, model: Model, role: str | None = None) -> ModelView:
         created_at=model.created_at,
         updated_at=model.updated_at,
         latest_version=latest,
-        aliases={a: n for a, n in rows},
+        aliases={str(a): int(n) for a, n in rows},
         your_role=role,
     )
 
@@ -78,15 +74,11 @@ def create_model(
     with db.write() as s:
         if s.scalar(select(Model.id).where(Model.name == name)) is not None:
             raise ModelExists(name=name)
-        model = Model(
-            name=name, description=description, tags=clean_tags, owner=principal.name
-        )
+        model = Model(name=name, description=description, tags=clean_tags, owner=principal.name)
         s.add(model)
         s.flush()
         acl.set_permission(s, model, principal.name, "owner")
-        audit.record(
-            s, actor=principal.name, action="model.create", target=name, client=client
-        )
+        audit.record(s, actor=principal.name, action="model.create", target=name, client=client)
         return view(s, model, "owner")
 
 

@@ -47,9 +47,7 @@ def revoke(
         model, _ = visible_model(s, principal, model_name, "own")
         current = acl.list_permissions(s, model)
         if current.get(who) == "owner" and list(current.values()).count("owner") == 1:
-            raise BadRequest(
-                message=f"{who!r} is the last owner of {model.name!r}; add another owner first"
-            )
+            raise BadRequest(message=f"{who!r} is the last owner of {model.name!r}; add another owner first")
         if not acl.remove_permission(s, model, who):
             raise NotFound(message=f"{who!r} has no role on model {model.name!r}")
         audit.record(
@@ -63,9 +61,7 @@ def revoke(
         return acl.list_permissions(s, model)
 
 
-def list_for_model(
-    db: Database, principal: Principal, model_name: str
-) -> dict[str, str]:
+def list_for_model(db: Database, principal: Principal, model_name: str) -> dict[str, str]:
     with db.read() as s:
         model, _ = visible_model(s, principal, model_name, "read")
         return acl.list_permissions(s, model)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -27,21 +27,15 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(
-        self, value: datetime | None, dialect: Dialect
-    ) -> datetime | None:
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         return value.astimezone(UTC)
 
-    def process_result_value(
-        self, value: datetime | None, dialect: Dialect
-    ) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        return (
-            value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        )
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def utcnow() -> datetime:
@@ -49,7 +43,7 @@ def utcnow() -> datetime:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[str]: JSON}
 
 
 class Model(Base):
@@ -60,33 +54,21 @@ class Model(Base):
     description: Mapped[str] = mapped_column(Text, default="", nullable=False)
     tags: Mapped[list[str]] = mapped_column(JSON, default=list, nullable=False)
     owner: Mapped[str] = mapped_column(String(63), nullable=False)
-    created_at: Mapped[datetime] = mapped_column(
-        UTCDateTime, default=utcnow, nullable=False
-    )
-    updated_at: Mapped[datetime] = mapped_column(
-        UTCDateTime, default=utcnow, nullable=False
-    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
     next_version: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
     """Counter for version numbers; bumped under a row lock so concurrent uploads never collide."""
 
-    versions: Mapped[list[Version]] = relationship(
-        back_populates="model", cascade="all, delete-orphan"
-    )
-    aliases: Mapped[list[Alias]] = relationship(
-        back_populates="model", cascade="all, delete-orphan"
-    )
+    versions: Mapped[list[Version]] = relationship(back_populates="model", cascade="all, delete-orphan")
+    aliases: Mapped[list[Alias]] = relationship(back_populates="model", cascade="all, delete-orphan")
 
 
 class Version(Base):
     __tablename__ = "versions"
-    __table_args__ = (
-        UniqueConstraint("model_id", "number", name="uq_versions_model_number"),
-    )
+    __table_args__ = (UniqueConstraint("model_id", "number", name="uq_versions_model_number"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    model_id: Mapped[int] = mapped_column(
-        ForeignKey("models.id", ondelete="CASCADE"), nullable=False
-    )
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), nullable=False)
     number: Mapped[int] = mapped_column(Integer, nullable=False)
     format: Mapped[str] = mapped_column(String(32), nullable=False)
     status: Mapped[str] = mapped_column(String(16), default="ready", nullable=False)
@@ -96,9 +78,7 @@ class Version(Base):
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
     created_by: Mapped[str] = mapped_column(String(63), nullable=False)
-    created_at: Mapped[datetime] = mapped_column(
-        UTCDateTime, default=utcnow, nullable=False
-    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
 
     model: Mapped[Model] = relationship(back_populates="versions")
     files: Mapped[list[VersionFile]] = relationship(cascade="all, delete-orphan")
@@ -106,14 +86,10 @@ class Version(Base):
 
 class VersionFile(Base):
     __tablename__ = "version_files"
-    __table_args__ = (
-        UniqueConstraint("version_id", "path", name="uq_version_files_path"),
-    )
+    __table_args__ = (UniqueConstraint("version_id", "path", name="uq_version_files_path"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    version_id: Mapped[int] = mapped_column(
-        ForeignKey("versions.id", ondelete="CASCADE"), nullable=False
-    )
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), nullable=False)
     path: Mapped[str] = mapped_column(String(255), nullable=False)
     sha256: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
     size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
@@ -121,20 +97,14 @@ class VersionFile(Base):
 
 class Alias(Base):
     __tablename__ = "aliases"
-    __table_args__ = (
-        UniqueConstraint("model_id", "name", name="uq_aliases_model_name"),
-    )
+    __table_args__ = (UniqueConstraint("model_id", "name", name="uq_aliases_model_name"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    model_id: Mapped[int] = mapped_column(
-        ForeignKey("models.id", ondelete="CASCADE"), nullable=False
-    )
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), nullable=False)
     name: Mapped[str] = mapped_column(String(63), nullable=False)
     version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), nullable=False)
     updated_by: Mapped[str] = mapped_column(String(63), nullable=False)
-    updated_at: Mapped[datetime] = mapped_column(
-        UTCDateTime, default=utcnow, nullable=False
-    )
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
 
     model: Mapped[Model] = relationship(back_populates="aliases")
     version: Mapped[Version] = relationship()
@@ -142,16 +112,10 @@ class Alias(Base):
 
 class Permission(Base):
     __tablename__ = "permissions"
-    __table_args__ = (
-        UniqueConstraint(
-            "model_id", "principal", name="uq_permissions_model_principal"
-        ),
-    )
+    __table_args__ = (UniqueConstraint("model_id", "principal", name="uq_permissions_model_principal"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    model_id: Mapped[int] = mapped_column(
-        ForeignKey("models.id", ondelete="CASCADE"), nullable=False
-    )
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), nullable=False)
     principal: Mapped[str] = mapped_column(String(63), nullable=False, index=True)
     role: Mapped[str] = mapped_column(String(16), nullable=False)
     """``reader``, ``writer`` or ``owner``."""
@@ -167,9 +131,7 @@ class ApiKey(Base):
     hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
     """sha256 of the key; keys are 32 random bytes, so a fast hash is safe (no dictionary to guess)."""
     created_by: Mapped[str] = mapped_column(String(63), nullable=False)
-    created_at: Mapped[datetime] = mapped_column(
-        UTCDateTime, default=utcnow, nullable=False
-    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 

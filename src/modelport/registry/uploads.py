@@ -40,9 +40,7 @@ class UploadedFile:
 
 def _stage(store: LocalBlobStore, files: list[UploadedFile]) -> tuple[Path, list[str]]:
     if not files:
-        raise BadRequest(
-            message="no file uploaded: send the model as multipart field 'file'"
-        )
+        raise BadRequest(message="no file uploaded: send the model as multipart field 'file'")
     names = [check_bundle_path(f.filename) for f in files]
     if len(set(names)) != len(names):
         raise BadRequest(message="two uploaded files have the same name")
@@ -57,9 +55,7 @@ def _stage(store: LocalBlobStore, files: list[UploadedFile]) -> tuple[Path, list
     return staging, names
 
 
-def _check_files(
-    staging: Path, names: list[str], entry: str, fmt_name: str | None
-) -> str:
+def _check_files(staging: Path, names: list[str], entry: str, fmt_name: str | None) -> str:
     """Detect the entry's format; refuse any file that is a pickle in disguise."""
     detected = fmt_name
     for name in names:
@@ -78,17 +74,13 @@ def _check_files(
 def _build_manifest(staging: Path, names: list[str], given: ManifestInput) -> Manifest:
     entry = check_bundle_path(given.entrypoint) if given.entrypoint else names[0]
     if entry not in names:
-        raise InvalidManifest(
-            message=f"entrypoint {entry!r} is not one of the uploaded files"
-        )
+        raise InvalidManifest(message=f"entrypoint {entry!r} is not one of the uploaded files")
     fmt_name = _check_files(staging, names, entry, given.format)
     fmt = formats.get(fmt_name)
     inspection = fmt.inspect(staging, entry, given)
     signature = given.signature or inspection.signature
     if signature is None or not signature.inputs:
-        raise InvalidManifest(
-            message=f"format {fmt_name!r} does not record input names and shapes; give a signature"
-        )
+        raise InvalidManifest(message=f"format {fmt_name!r} does not record input names and shapes; give a signature")
     metrics = {**inspection.extra, **given.metrics}
     manifest = Manifest(
         format=fmt_name,  # type: ignore[arg-type]  # validated by formats.get above

@@ -26,21 +26,12 @@ VERSION_STATUSES = ("ready", "archived")
 
 
 def aliases_of(session: Session, version: Version) -> list[str]:
-    return sorted(
-        session.scalars(select(Alias.name).where(Alias.version_id == version.id))
-    )
+    return sorted(session.scalars(select(Alias.name).where(Alias.version_id == version.id)))
 
 
-def view(
-    session: Session, model: Model, version: Version, *, with_files: bool = True
-) -> VersionView:
+def view(session: Session, model: Model, version: Version, *, with_files: bool = True) -> VersionView:
     files = (
-        [
-            FileView(path=f.path, sha256=f.sha256, size_bytes=f.size_bytes)
-            for f in version.files
-        ]
-        if with_files
-        else []
+        [FileView(path=f.path, sha256=f.sha256, size_bytes=f.size_bytes) for f in version.files] if with_files else []
     )
     return VersionView(
         model=model.name,
@@ -59,9 +50,7 @@ def view(
 
 
 def load_version(session: Session, model: Model, number: int) -> Version:
-    version = session.scalar(
-        select(Version).where(Version.model_id == model.id, Version.number == number)
-    )
+    version = session.scalar(select(Version).where(Version.model_id == model.id, Version.number == number))
     if version is None:
         raise VersionNotFound(model=model.name, version=number)
     return version
@@ -125,14 +114,7 @@ def list_versions(
 ) -> tuple[list[VersionView], int]:
     with db.read() as s:
         model, _ = visible_model(s, principal, model_name, "read")
-        total = (
-            s.scalar(
-                select(func.count())
-                .select_from(Version)
-                .where(Version.model_id == model.id)
-            )
-            or 0
-        )
+        total = s.scalar(select(func.count()).select_from(Version).where(Version.model_id == model.id)) or 0
         rows = s.scalars(
             select(Version)
             .where(Version.model_id == model.id)
@@ -143,9 +125,7 @@ def list_versions(
         return [view(s, model, v, with_files=False) for v in rows], total
 
 
-def get_version(
-    db: Database, principal: Principal, model_name: str, number: int
-) -> VersionView:
+def get_version(db: Database, principal: Principal, model_name: str, number: int) -> VersionView:
     with db.read() as s:
         model, _ = visible_model(s, principal, model_name, "read")
         return view(s, model, load_version(s, model, number))
@@ -167,9 +147,7 @@ def update_version(
         version = load_version(s, model, number)
         if status is not None:
             if status not in VERSION_STATUSES:
-                raise BadRequest(
-                    message=f"status must be one of {', '.join(VERSION_STATUSES)}"
-                )
+                raise BadRequest(message=f"status must be one of {', '.join(VERSION_STATUSES)}")
             aliases = aliases_of(s, version)
             if status == "archived" and aliases:
                 raise AliasInUse(model=model.name, version=number, aliases=aliases)
@@ -211,9 +189,7 @@ def delete_version(
         )
 
 
-def find_file(
-    db: Database, principal: Principal, model_name: str, number: int, path: str
-) -> tuple[str, int]:
+def find_file(db: Database, principal: Principal, model_name: str, number: int, path: str) -> tuple[str, int]:
     """(sha256, size) of a file of a version, after the read check; ``modelport.json`` is the manifest."""
     with db.read() as s:
         model, _ = visible_model(s, principal, model_name, "read")
@@ -223,9 +199,7 @@ def find_file(
         try:
             clean = check_bundle_path(path)
         except BadRequest:
-            raise FileNotFoundInVersion(
-                model=model.name, version=number, path=path[:100]
-            ) from None
+            raise FileNotFoundInVersion(model=model.name, version=number, path=path[:100]) from None
         for f in version.files:
             if f.path == clean:
                 return f.sha256, f.size_bytes

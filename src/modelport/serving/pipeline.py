@@ -31,14 +31,7 @@ NUMPY_DTYPES: dict[str, Any] = {
 
 
 def _shape_text(shape: list[int] | None) -> str:
-    return (
-        "["
-        + ", ".join(
-            "N" if i == 0 else ("*" if d == -1 else str(d))
-            for i, d in enumerate(shape or [])
-        )
-        + "]"
-    )
+    return "[" + ", ".join("N" if i == 0 else ("*" if d == -1 else str(d)) for i, d in enumerate(shape or [])) + "]"
 
 
 class Pipeline:
@@ -48,9 +41,7 @@ class Pipeline:
         self.manifest = manifest
         self.predictor = predictor
         self.inputs = manifest.signature.inputs
-        reshape = next(
-            (p.reshape for p in manifest.preprocess if p.reshape is not None), None
-        )
+        reshape = next((p.reshape for p in manifest.preprocess if p.reshape is not None), None)
         self.raw_example_size = math.prod(reshape) if reshape else None
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -64,18 +55,12 @@ class Pipeline:
             arr, single = self._batch(spec, raw)
             single_flags.add(single)
             if arr.shape[0] > max_batch:
-                raise InvalidInput(
-                    message=f"batch of {arr.shape[0]} is over the limit of {max_batch}"
-                )
+                raise InvalidInput(message=f"batch of {arr.shape[0]} is over the limit of {max_batch}")
             if arr.shape[0] == 0:
                 raise InvalidInput(message="empty batch: send at least one example")
-            arrays[spec.name] = self._check_shape(
-                spec, self._preprocess(arr) if spec is self.inputs[0] else arr
-            )
+            arrays[spec.name] = self._check_shape(spec, self._preprocess(arr) if spec is self.inputs[0] else arr)
         if len(single_flags) > 1:
-            raise InvalidInput(
-                message="send every input as one example, or every input as a batch"
-            )
+            raise InvalidInput(message="send every input as one example, or every input as a batch")
         return arrays, single_flags.pop()
 
     def _name_inputs(self, inputs: Any) -> dict[str, Any]:
@@ -93,9 +78,7 @@ class Pipeline:
                 )
             return inputs
         if len(names) != 1:
-            raise InvalidInput(
-                message=f"this model takes several inputs; send an object with {', '.join(names)}"
-            )
+            raise InvalidInput(message=f"this model takes several inputs; send an object with {', '.join(names)}")
         return {names[0]: inputs}
 
     def _to_array(self, spec: TensorSpec, value: Any) -> np.ndarray:
@@ -103,17 +86,11 @@ class Pipeline:
             arr = value
         else:
             if not isinstance(value, list):
-                raise InvalidInput(
-                    message=f"input {spec.name!r} must be an array (a JSON list)"
-                )
+                raise InvalidInput(message=f"input {spec.name!r} must be an array (a JSON list)")
             try:
-                arr = np.asarray(
-                    value, dtype=np.str_ if spec.dtype == "string" else None
-                )
+                arr = np.asarray(value, dtype=np.str_ if spec.dtype == "string" else None)
             except (ValueError, TypeError):
-                raise InvalidInput(
-                    message=f"input {spec.name!r} is not a rectangular array"
-                ) from None
+                raise InvalidInput(message=f"input {spec.name!r} is not a rectangular array") from None
         if spec.dtype == "string":
             return arr.astype(np.str_)
         if arr.dtype.kind not in "biuf":
@@ -122,9 +99,7 @@ class Pipeline:
                 details={"expected_dtype": spec.dtype},
             )
         if arr.dtype.kind == "f" and not spec.allow_nan and not np.isfinite(arr).all():
-            raise InvalidInput(
-                message=f"input {spec.name!r} contains NaN or Infinity, which this model refuses"
-            )
+            raise InvalidInput(message=f"input {spec.name!r} contains NaN or Infinity, which this model refuses")
         return arr
 
     def _batch(self, spec: TensorSpec, arr: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -164,8 +139,7 @@ class Pipeline:
         if spec.shape is not None:
             expected = spec.shape
             ok = len(expected) == arr.ndim and all(
-                e == -1 or e == a
-                for e, a in zip(expected[1:], arr.shape[1:], strict=True)
+                e == -1 or e == a for e, a in zip(expected[1:], arr.shape[1:], strict=True)
             )
             if not ok:
                 raise InvalidInput(
@@ -196,11 +170,12 @@ class Pipeline:
 
     def decode(self, outputs: Tensors, *, single: bool) -> tuple[Any, Any]:
         """(outputs, predictions) as JSON-ready values; one output is a bare array, several a dict."""
-        tensors, predictions = self.postprocess(outputs)
+        tensors, batch_predictions = self.postprocess(outputs)
         values: dict[str, Any] = dict(tensors)
+        predictions: Any = batch_predictions
         if single:
             values = {k: v[0] for k, v in values.items()}
-            predictions = predictions[0] if predictions is not None else None  # type: ignore[assignment]
+            predictions = batch_predictions[0] if batch_predictions is not None else None
         if len(values) == 1:
             return _jsonable(next(iter(values.values()))), predictions
         return _jsonable_dict(values), predictions
@@ -235,16 +210,15 @@ def _normalize(arr: np.ndarray, norm: Normalize) -> np.ndarray:
     elif arr.shape[-1] == n:
         shape = (1,) * (arr.ndim - 1) + (n,)
     else:
-        raise InvalidInput(
-            message=f"normalize has {n} means/stds, which fits neither the channels nor features"
-        )
+        raise InvalidInput(message=f"normalize has {n} means/stds, which fits neither the channels nor features")
     return (arr - mean.reshape(shape)) / std.reshape(shape)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
     z = x - np.max(x, axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / np.sum(e, axis=-1, keepdims=True)
+    result: np.ndarray = e / np.sum(e, axis=-1, keepdims=True)
+    return result
 
 
 def _finite(x: float) -> float | None:

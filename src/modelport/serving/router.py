@@ -62,9 +62,7 @@ class Router:
         with self.db.read() as s:
             model = load_model(s, ref.name)
             if acl.role_of(s, principal, model) is None:
-                raise ModelNotFound(
-                    name=ref.name
-                )  # before saying anything about its versions
+                raise ModelNotFound(name=ref.name)  # before saying anything about its versions
             model, version = versions.resolve(s, ref)
             if version.status != "ready":
                 raise Conflict(
@@ -83,9 +81,7 @@ class Router:
                 manifest=manifest,
             )
 
-    def _role(
-        self, principal: Principal, model_id: int, model_name: str, now: float
-    ) -> str | None:
+    def _role(self, principal: Principal, model_id: int, model_name: str, now: float) -> str | None:
         if principal.is_admin:
             return "owner"
         key = (principal.name, model_id)

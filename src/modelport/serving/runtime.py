@@ -36,9 +36,7 @@ class ModelRuntime:
         self._lock = threading.Lock()
         self._loading: dict[int, threading.Lock] = {}
 
-    def get(
-        self, version_id: int, model: str, number: int, manifest: Manifest
-    ) -> Pipeline:
+    def get(self, version_id: int, model: str, number: int, manifest: Manifest) -> Pipeline:
         """The loaded pipeline for a version, loading it (once, even under concurrency) if needed."""
         with self._lock:
             hit = self._loaded.get(version_id)

@@ -23,9 +23,7 @@ class Prediction:
 
 
 class InferenceService:
-    def __init__(
-        self, router: Router, runtime: ModelRuntime, *, max_batch: int
-    ) -> None:
+    def __init__(self, router: Router, runtime: ModelRuntime, *, max_batch: int) -> None:
         self.router = router
         self.runtime = runtime
         self.max_batch = max_batch
@@ -36,9 +34,7 @@ class InferenceService:
         pipeline = await self.pipeline_for(target)
         arrays, single = pipeline.prepare(inputs, max_batch=self.max_batch)
         outputs = await anyio.to_thread.run_sync(pipeline.run, arrays)
-        return Prediction(
-            target=target, pipeline=pipeline, outputs=outputs, single=single
-        )
+        return Prediction(target=target, pipeline=pipeline, outputs=outputs, single=single)
 
     async def pipeline_for(self, target: Target) -> Pipeline:
         loaded = self.runtime.peek(target.version_id)

@@ -54,16 +54,10 @@ def check_bundle_path(value: str) -> str:
     if not text or len(text) > MAX_PATH_LEN or "\\" in text or "\x00" in text:
         raise InvalidManifest(message=f"bad file path {value[:80]!r}")
     if text.startswith("/") or posixpath.normpath(text) != text:
-        raise InvalidManifest(
-            message=f"file path {value[:80]!r} must be relative and normalized"
-        )
+        raise InvalidManifest(message=f"file path {value[:80]!r} must be relative and normalized")
     segments = text.split("/")
-    if len(segments) > 8 or any(
-        s in (".", "..") or not _SEGMENT_RE.fullmatch(s) for s in segments
-    ):
-        raise InvalidManifest(
-            message=f"file path {value[:80]!r} may only use letters, digits, '.', '_', '-' and '/'"
-        )
+    if len(segments) > 8 or any(s in (".", "..") or not _SEGMENT_RE.fullmatch(s) for s in segments):
+        raise InvalidManifest(message=f"file path {value[:80]!r} may only use letters, digits, '.', '_', '-' and '/'")
     return text
 
 
@@ -91,12 +85,8 @@ class TensorSpec(BaseModel):
     @field_validator("shape")
     @classmethod
     def _shape_ok(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and (
-            len(value) > 8 or any(d < -1 or d == 0 for d in value)
-        ):
-            raise ValueError(
-                "a shape has at most 8 dimensions, each -1 (any) or positive"
-            )
+        if value is not None and (len(value) > 8 or any(d < -1 or d == 0 for d in value)):
+            raise ValueError("a shape has at most 8 dimensions, each -1 (any) or positive")
         return value
 
 
@@ -128,25 +118,15 @@ class PreprocessStep(BaseModel):
     @field_validator("reshape")
     @classmethod
     def _reshape_ok(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and (
-            not value or len(value) > 8 or any(d < 1 for d in value)
-        ):
-            raise ValueError(
-                "reshape takes 1-8 positive dimensions (the per-example shape)"
-            )
+        if value is not None and (not value or len(value) > 8 or any(d < 1 for d in value)):
+            raise ValueError("reshape takes 1-8 positive dimensions (the per-example shape)")
         return value
 
     @model_validator(mode="after")
     def _one_kind(self) -> PreprocessStep:
-        set_fields = [
-            k
-            for k in ("scale", "shift", "normalize", "reshape")
-            if getattr(self, k) is not None
-        ]
+        set_fields = [k for k in ("scale", "shift", "normalize", "reshape") if getattr(self, k) is not None]
         if len(set_fields) != 1:
-            raise ValueError(
-                "each preprocess step sets exactly one of scale, shift, normalize, reshape"
-            )
+            raise ValueError("each preprocess step sets exactly one of scale, shift, normalize, reshape")
         return self
 
 
@@ -162,13 +142,9 @@ class PostprocessStep(BaseModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> PostprocessStep:
-        set_fields = [
-            k for k in ("softmax", "sigmoid", "argmax", "top_k") if getattr(self, k)
-        ]
+        set_fields = [k for k in ("softmax", "sigmoid", "argmax", "top_k") if getattr(self, k)]
         if len(set_fields) != 1:
-            raise ValueError(
-                "each postprocess step sets exactly one of softmax, sigmoid, argmax, top_k"
-            )
+            raise ValueError("each postprocess step sets exactly one of softmax, sigmoid, argmax, top_k")
         return self
 
 
@@ -208,9 +184,7 @@ class Manifest(BaseModel):
         for path, digest in value.items():
             check_bundle_path(path)
             if not SHA256_RE.fullmatch(digest):
-                raise ValueError(
-                    f"file {path!r}: sha256 must be 64 lower-case hex digits"
-                )
+                raise ValueError(f"file {path!r}: sha256 must be 64 lower-case hex digits")
         return value
 
     @field_validator("entrypoint")
@@ -227,10 +201,7 @@ class ManifestInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: (
-        Literal["onnx", "torchscript", "torch_export", "torch", "sklearn", "keras"]
-        | None
-    ) = None
+    format: Literal["onnx", "torchscript", "torch_export", "torch", "sklearn", "keras"] | None = None
     entrypoint: str | None = None
     signature: Signature | None = None
     preprocess: list[PreprocessStep] = Field(default_factory=list, max_length=32)
@@ -252,9 +223,7 @@ def parse_manifest_input(raw: bytes | str | None) -> ManifestInput:
     try:
         parsed = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise InvalidManifest(
-            message=f"not valid JSON ({exc.args[0].split(':')[0]})"
-        ) from None
+        raise InvalidManifest(message=f"not valid JSON ({exc.args[0].split(':')[0]})") from None
     if not isinstance(parsed, dict):
         raise InvalidManifest(message="must be a JSON object")
     try:

@@ -23,21 +23,15 @@ def list_aliases(name: str, ctx: Ctx, who: Caller) -> Response:
     return json_response({"items": aliases.list_aliases(ctx.db, who, name)})
 
 
-@router.put(
-    "/{alias}", summary="Point an alias at a version (create or move, atomically)"
-)
-def set_alias(
-    name: str, alias: str, body: AliasSet, ctx: Ctx, who: Caller, client: Client
-) -> Response:
+@router.put("/{alias}", summary="Point an alias at a version (create or move, atomically)")
+def set_alias(name: str, alias: str, body: AliasSet, ctx: Ctx, who: Caller, client: Client) -> Response:
     view = aliases.set_alias(ctx.db, who, name, alias, body.version, client=client)
     ctx.forget_caches()
     return json_response(view)
 
 
 @router.delete("/{alias}", status_code=204, summary="Delete an alias")
-def delete_alias(
-    name: str, alias: str, ctx: Ctx, who: Caller, client: Client
-) -> Response:
+def delete_alias(name: str, alias: str, ctx: Ctx, who: Caller, client: Client) -> Response:
     aliases.delete_alias(ctx.db, who, name, alias, client=client)
     ctx.forget_caches()
     return Response(status_code=204)

@@ -17,9 +17,7 @@ def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get(
-    "/readyz", summary="Readiness: database and store reachable (no key needed)"
-)
+@router.get("/readyz", summary="Readiness: database and store reachable (no key needed)")
 def readyz(ctx: Ctx) -> Response:
     checks: dict[str, str] = {}
     try:
@@ -41,6 +39,4 @@ def readyz(ctx: Ctx) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics (admin key)")
 def metrics(ctx: Ctx, _: Admin) -> Response:
-    return Response(
-        ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
-    )
+    return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

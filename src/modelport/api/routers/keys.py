@@ -20,9 +20,7 @@ class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(max_length=200, description="the principal this key acts as")
     role: Literal["admin", "member"] = "member"
-    expires_at: datetime | None = Field(
-        default=None, description="ISO 8601 with a time zone"
-    )
+    expires_at: datetime | None = Field(default=None, description="ISO 8601 with a time zone")
 
 
 @router.post(
@@ -44,14 +42,7 @@ def create_key(body: KeyCreate, ctx: Ctx, who: Admin, client: Client) -> Respons
 
 @router.get("/v1/keys", summary="List API keys (admins); only prefixes, never the keys")
 def list_keys(ctx: Ctx, _: Admin, include_revoked: bool = False) -> Response:
-    return json_response(
-        {
-            "items": [
-                _dict(k)
-                for k in keys.list_keys(ctx.db, include_revoked=include_revoked)
-            ]
-        }
-    )
+    return json_response({"items": [_dict(k) for k in keys.list_keys(ctx.db, include_revoked=include_revoked)]})
 
 
 @router.delete("/v1/keys/{key_id}", summary="Revoke an API key (admins)")
@@ -63,9 +54,7 @@ def revoke_key(key_id: str, ctx: Ctx, who: Admin, client: Client) -> Response:
 
 @router.get("/v1/whoami", summary="The principal and role of the calling key")
 def whoami(who: Caller) -> Response:
-    return json_response(
-        {"principal": who.name, "role": who.role, "key_id": who.key_id}
-    )
+    return json_response({"principal": who.name, "role": who.role, "key_id": who.key_id})
 
 
 def _dict(info: keys.KeyInfo) -> dict[str, object]:

@@ -28,9 +28,7 @@ class ModelUpdate(BaseModel):
     tags: list[str] | None = Field(default=None, max_length=32)
 
 
-@router.post(
-    "", status_code=201, summary="Create a model (the caller becomes its owner)"
-)
+@router.post("", status_code=201, summary="Create a model (the caller becomes its owner)")
 def create_model(body: ModelCreate, ctx: Ctx, who: Caller, client: Client) -> Response:
     view = models.create_model(
         ctx.db,
@@ -53,9 +51,7 @@ def list_models(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> Response:
-    items, total = models.list_models(
-        ctx.db, who, prefix=prefix, tag=tag, limit=limit, offset=offset
-    )
+    items, total = models.list_models(ctx.db, who, prefix=prefix, tag=tag, limit=limit, offset=offset)
     return json_response(page(items, total, limit, offset))
 
 
@@ -65,12 +61,8 @@ def get_model(name: str, ctx: Ctx, who: Caller) -> Response:
 
 
 @router.patch("/{name}", summary="Update a model's description or tags")
-def update_model(
-    name: str, body: ModelUpdate, ctx: Ctx, who: Caller, client: Client
-) -> Response:
-    view = models.update_model(
-        ctx.db, who, name, description=body.description, tags=body.tags, client=client
-    )
+def update_model(name: str, body: ModelUpdate, ctx: Ctx, who: Caller, client: Client) -> Response:
+    view = models.update_model(ctx.db, who, name, description=body.description, tags=body.tags, client=client)
     return json_response(view)
 
 
@@ -79,9 +71,7 @@ def update_model(
     status_code=204,
     summary="Delete a model (no aliases left, or force=true as owner)",
 )
-def delete_model(
-    name: str, ctx: Ctx, who: Caller, client: Client, force: bool = False
-) -> Response:
+def delete_model(name: str, ctx: Ctx, who: Caller, client: Client, force: bool = False) -> Response:
     models.delete_model(ctx.db, who, name, force=force, client=client)
     ctx.forget_caches()
     return Response(status_code=204)

@@ -22,14 +22,10 @@ class PermissionSet(BaseModel):
 
 @router.get("", summary="Who has which role on a model")
 def list_permissions(name: str, ctx: Ctx, who: Caller) -> Response:
-    return json_response(
-        {"model": name, "permissions": permissions.list_for_model(ctx.db, who, name)}
-    )
+    return json_response({"model": name, "permissions": permissions.list_for_model(ctx.db, who, name)})
 
 
-@router.put(
-    "/{principal}", summary="Give a principal a role on a model (owners and admins)"
-)
+@router.put("/{principal}", summary="Give a principal a role on a model (owners and admins)")
 def set_permission(
     name: str,
     principal: str,
@@ -44,9 +40,7 @@ def set_permission(
 
 
 @router.delete("/{principal}", summary="Remove a principal's role on a model")
-def delete_permission(
-    name: str, principal: str, ctx: Ctx, who: Caller, client: Client
-) -> Response:
+def delete_permission(name: str, principal: str, ctx: Ctx, who: Caller, client: Client) -> Response:
     result = permissions.revoke(ctx.db, who, name, principal, client=client)
     ctx.forget_caches()
     return json_response({"model": name, "permissions": result})

@@ -19,11 +19,7 @@ PREDICT_BODY = {
             "application/json": {
                 "schema": {
                     "type": "object",
-                    "properties": {
-                        "inputs": {
-                            "description": "one example, a batch, or {name: array}"
-                        }
-                    },
+                    "properties": {"inputs": {"description": "one example, a batch, or {name: array}"}},
                     "required": ["inputs"],
                 },
                 "example": {"inputs": [[0.0, 0.5, 1.0]]},
@@ -52,9 +48,7 @@ async def predict(ref: str, request: Request, ctx: Ctx, who: Caller) -> Response
     try:
         prediction = await ctx.inference.predict(who, ref, inputs)
     except ModelportError:
-        ctx.metrics.predictions.labels(
-            ref.split(":")[0].split("@")[0][:63], "-", "error"
-        ).inc()
+        ctx.metrics.predictions.labels(ref.split(":")[0].split("@")[0][:63], "-", "error").inc()
         raise
     body = native.render(prediction)
     ctx.metrics.observe_prediction(

@@ -19,9 +19,7 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
 @router.get("", summary="Server metadata")
 def server_metadata(_: Caller) -> Response:
-    return json_response(
-        {"name": "modelport", "version": __version__, "extensions": []}
-    )
+    return json_response({"name": "modelport", "version": __version__, "extensions": []})
 
 
 @router.get("/health/live", summary="Server live")
@@ -81,15 +79,11 @@ async def version_ready(name: str, version: str, ctx: Ctx, who: Caller) -> Respo
     return await _ready(ctx, who, name, version)
 
 
-async def _infer(
-    ctx: Ctx, who: Principal, request: Request, name: str, version: str | None
-) -> Response:
+async def _infer(ctx: Ctx, who: Principal, request: Request, name: str, version: str | None) -> Response:
     require_json(request)
     arrays, request_id, wanted = v2.parse_infer(await request.body())
     prediction = await ctx.inference.predict(who, _ref(name, version), arrays)
-    return Response(
-        v2.render_infer(prediction, request_id, wanted), media_type="application/json"
-    )
+    return Response(v2.render_infer(prediction, request_id, wanted), media_type="application/json")
 
 
 @router.post("/models/{name}/infer", summary="Infer with the default version")
@@ -97,10 +91,6 @@ async def infer(name: str, request: Request, ctx: Ctx, who: Caller) -> Response:
     return await _infer(ctx, who, request, name, None)
 
 
-@router.post(
-    "/models/{name}/versions/{version}/infer", summary="Infer with a given version"
-)
-async def infer_version(
-    name: str, version: str, request: Request, ctx: Ctx, who: Caller
-) -> Response:
+@router.post("/models/{name}/versions/{version}/infer", summary="Infer with a given version")
+async def infer_version(name: str, version: str, request: Request, ctx: Ctx, who: Caller) -> Response:
     return await _infer(ctx, who, request, name, version)

@@ -56,15 +56,11 @@ class VersionUpdate(BaseModel):
         }
     },
 )
-async def upload_version(
-    name: str, request: Request, ctx: Ctx, who: Caller, client: Client
-) -> Response:
+async def upload_version(name: str, request: Request, ctx: Ctx, who: Caller, client: Client) -> Response:
     check_name(name)
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
-        raise BadRequest(
-            message="upload a version as multipart/form-data with a 'file' part"
-        )
+        raise BadRequest(message="upload a version as multipart/form-data with a 'file' part")
     async with request.form(max_files=MAX_UPLOAD_FILES, max_fields=16) as form:
         files = [
             UploadedFile(filename=f.filename or "", stream=f.file)
@@ -77,9 +73,7 @@ async def upload_version(
         else:
             manifest_bytes = manifest
         view = await anyio.to_thread.run_sync(
-            lambda: uploads.create_version(
-                ctx.db, ctx.store, who, name, files, manifest_bytes, client=client
-            )
+            lambda: uploads.create_version(ctx.db, ctx.store, who, name, files, manifest_bytes, client=client)
         )
     ctx.forget_caches()
     return json_response(view, 201)
@@ -99,17 +93,11 @@ def list_versions(
 
 @router.get("/{version}", summary="Get a version with its manifest and files")
 def get_version(name: str, version: str, ctx: Ctx, who: Caller) -> Response:
-    return json_response(
-        versions.get_version(ctx.db, who, name, parse_version(version))
-    )
+    return json_response(versions.get_version(ctx.db, who, name, parse_version(version)))
 
 
-@router.patch(
-    "/{version}", summary="Change a version's description or status (ready/archived)"
-)
-def update_version(
-    name: str, version: str, body: VersionUpdate, ctx: Ctx, who: Caller, client: Client
-) -> Response:
+@router.patch("/{version}", summary="Change a version's description or status (ready/archived)")
+def update_version(name: str, version: str, body: VersionUpdate, ctx: Ctx, who: Caller, client: Client) -> Response:
     view = versions.update_version(
         ctx.db,
         who,
@@ -128,9 +116,7 @@ def update_version(
     status_code=204,
     summary="Delete a version no alias points to (owners)",
 )
-def delete_version(
-    name: str, version: str, ctx: Ctx, who: Caller, client: Client
-) -> Response:
+def delete_version(name: str, version: str, ctx: Ctx, who: Caller, client: Client) -> Response:
     versions.delete_version(ctx.db, who, name, parse_version(version), client=client)
     ctx.forget_caches()
     return Response(status_code=204)
@@ -140,9 +126,7 @@ def delete_version(
     "/{version}/files/{path:path}",
     summary="Download a file of a version (hash-checked)",
 )
-def download_file(
-    name: str, version: str, path: str, ctx: Ctx, who: Caller
-) -> Response:
+def download_file(name: str, version: str, path: str, ctx: Ctx, who: Caller) -> Response:
     sha, _ = versions.find_file(ctx.db, who, name, parse_version(version), path)
     ctx.store.verify(sha)  # a tampered blob is refused, never sent
     filename = path.rsplit("/", 1)[-1]
@@ -156,6 +140,4 @@ def download_file(
 
 @router.get("/{version}/lineage", summary="The chain of parents this version came from")
 def get_lineage(name: str, version: str, ctx: Ctx, who: Caller) -> Response:
-    return json_response(
-        {"chain": lineage.chain(ctx.db, who, name, parse_version(version))}
-    )
+    return json_response({"chain": lineage.chain(ctx.db, who, name, parse_version(version))})

@@ -7,8 +7,6 @@ from alembic import context
 from modelport.registry.tables import Base
 
 connection = context.config.attributes["connection"]
-context.configure(
-    connection=connection, target_metadata=Base.metadata, render_as_batch=True
-)
+context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
 with context.begin_transaction():
     context.run_migrations()

@@ -54,57 +54,31 @@ def parse_infer(body: bytes) -> tuple[Tensors, str | None, list[str] | None]:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise InvalidInput(message="body is not valid JSON") from None
-    if (
-        not isinstance(data, dict)
-        or not isinstance(data.get("inputs"), list)
-        or not data["inputs"]
-    ):
-        raise InvalidInput(
-            message='body must be an object with a non-empty "inputs" list'
-        )
+    if not isinstance(data, dict) or not isinstance(data.get("inputs"), list) or not data["inputs"]:
+        raise InvalidInput(message='body must be an object with a non-empty "inputs" list')
     arrays: Tensors = {}
     for item in data["inputs"]:
         if not isinstance(item, dict):
-            raise InvalidInput(
-                message="each input must be an object with name, shape, datatype, data"
-            )
+            raise InvalidInput(message="each input must be an object with name, shape, datatype, data")
         name, shape, dtype = item.get("name"), item.get("shape"), item.get("datatype")
-        if (
-            not isinstance(name, str)
-            or not isinstance(shape, list)
-            or dtype not in V2_TO_NUMPY
-        ):
-            raise InvalidInput(
-                message=f"input needs name, shape and a datatype among {', '.join(V2_TO_NUMPY)}"
-            )
+        if not isinstance(name, str) or not isinstance(shape, list) or dtype not in V2_TO_NUMPY:
+            raise InvalidInput(message=f"input needs name, shape and a datatype among {', '.join(V2_TO_NUMPY)}")
         if not all(isinstance(d, int) and d >= 0 for d in shape) or len(shape) > 8:
-            raise InvalidInput(
-                message=f"input {name[:64]!r}: shape must be a list of non-negative integers"
-            )
+            raise InvalidInput(message=f"input {name[:64]!r}: shape must be a list of non-negative integers")
         try:
             arr = np.asarray(item.get("data"), dtype=V2_TO_NUMPY[dtype])
         except (ValueError, TypeError, OverflowError):
-            raise InvalidInput(
-                message=f"input {name[:64]!r}: data does not match datatype {dtype}"
-            ) from None
+            raise InvalidInput(message=f"input {name[:64]!r}: data does not match datatype {dtype}") from None
         if arr.size != math.prod(shape):
-            raise InvalidInput(
-                message=f"input {name[:64]!r}: {arr.size} values do not fill shape {shape}"
-            )
+            raise InvalidInput(message=f"input {name[:64]!r}: {arr.size} values do not fill shape {shape}")
         arrays[name] = arr.reshape(shape)
     outputs = data.get("outputs")
-    wanted = (
-        [o["name"] for o in outputs if isinstance(o, dict) and "name" in o]
-        if isinstance(outputs, list)
-        else None
-    )
+    wanted = [o["name"] for o in outputs if isinstance(o, dict) and "name" in o] if isinstance(outputs, list) else None
     request_id = data.get("id") if isinstance(data.get("id"), str) else None
     return arrays, request_id, wanted
 
 
-def render_infer(
-    prediction: Prediction, request_id: str | None, wanted: list[str] | None
-) -> bytes:
+def render_infer(prediction: Prediction, request_id: str | None, wanted: list[str] | None) -> bytes:
     tensors, _ = prediction.pipeline.postprocess(prediction.outputs)
     names = [n for n in tensors if wanted is None or n in wanted]
     outputs = []
@@ -116,9 +90,7 @@ def render_infer(
                 "name": name,
                 "shape": list(arr.shape),
                 "datatype": _numpy_to_v2(arr),
-                "data": flat.tolist()
-                if flat.dtype.kind in "USO"
-                else np.ascontiguousarray(flat),
+                "data": flat.tolist() if flat.dtype.kind in "USO" else np.ascontiguousarray(flat),
             }
         )
     body: dict[str, Any] = {
@@ -132,7 +104,4 @@ def render_infer(
 
 
 def tensor_metadata(specs: list[TensorSpec]) -> list[dict[str, Any]]:
-    return [
-        {"name": s.name, "datatype": DTYPE_TO_V2[s.dtype], "shape": s.shape or [-1]}
-        for s in specs
-    ]
+    return [{"name": s.name, "datatype": DTYPE_TO_V2[s.dtype], "shape": s.shape or [-1]} for s in specs]

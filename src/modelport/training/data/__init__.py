@@ -1,0 +1,1 @@
+"""Data sources for training: IDX (MNIST), and more to come (NPZ, CSV, Parquet, built-in sets)."""

@@ -1,0 +1,68 @@
+"""IDX files (the MNIST format), gzip-compressed or not, parsed with strict bounds checks.
+
+Layout: two zero bytes, a type code, the number of dimensions, then one big-endian uint32 per dimension,
+then the data in C order. Only the unsigned-byte type (0x08) that MNIST uses is accepted; the declared
+size must match the payload exactly, so a truncated or padded file is refused, not misread.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from modelport.errors import InvalidArtifact
+
+MAX_DIMS = 4
+MAX_ELEMENTS = 1 << 31
+UBYTE = 0x08
+
+
+def parse_idx(data: bytes) -> np.ndarray:
+    """Parse the bytes of an (uncompressed) IDX file into a uint8 array."""
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise InvalidArtifact(message="not an IDX file (bad magic number)")
+    dtype_code, ndim = data[2], data[3]
+    if dtype_code != UBYTE:
+        raise InvalidArtifact(message=f"IDX type 0x{dtype_code:02x} is not supported (only unsigned bytes)")
+    if not 1 <= ndim <= MAX_DIMS:
+        raise InvalidArtifact(message=f"IDX files with {ndim} dimensions are not supported")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise InvalidArtifact(message="IDX header is truncated")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    count = 1
+    for dim in shape:
+        count *= dim
+    if count > MAX_ELEMENTS or len(data) - header != count:
+        raise InvalidArtifact(message=f"IDX payload has {len(data) - header} bytes, header says {count}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file; ``.gz`` files are decompressed (bounded, so a gzip bomb cannot exhaust memory)."""
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        with gzip.open(path, "rb") as f:
+            raw = f.read(MAX_ELEMENTS + 4 + 4 * MAX_DIMS + 1)
+    return parse_idx(raw)
+
+
+def load_mnist(folder: Path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 28, 28) uint8, labels (N,) uint8) from the four standard MNIST file names."""
+    prefix = "train" if split == "train" else "t10k"
+    images = _find(folder, f"{prefix}-images-idx3-ubyte")
+    labels = _find(folder, f"{prefix}-labels-idx1-ubyte")
+    x, y = read_idx(images), read_idx(labels)
+    if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+        raise InvalidArtifact(message="MNIST images and labels do not match")
+    return x, y
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    raise InvalidArtifact(message=f"MNIST file {stem}[.gz] not found in the data folder")

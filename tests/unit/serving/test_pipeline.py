@@ -1,0 +1,113 @@
+"""The manifest's pre/post-processing around a predictor, and input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from modelport.errors import InvalidInput
+from modelport.formats.base import Tensors
+from modelport.serving.pipeline import Pipeline
+from modelport.store.bundle import Manifest, Signature, TensorSpec
+
+
+class Linear:
+    """A real (tiny) predictor: y = x @ W, so every expected value can be computed by hand."""
+
+    memory_bytes = 0
+
+    def __init__(self, weights: np.ndarray, *, in_shape: list[int]) -> None:
+        self.w = weights
+        self.signature = Signature(
+            inputs=[TensorSpec(name="x", shape=in_shape)], outputs=[TensorSpec(name="y", shape=[-1, weights.shape[1]])]
+        )
+
+    def __call__(self, inputs: Tensors) -> Tensors:
+        x = inputs["x"].reshape(len(inputs["x"]), -1)
+        return {"y": x @ self.w}
+
+    def unload(self) -> None:
+        pass
+
+
+def make(
+    pre: list[dict[str, object]],
+    post: list[dict[str, object]],
+    labels: list[str] | None = None,
+    in_shape: list[int] | None = None,
+) -> Pipeline:
+    w = np.arange(12, dtype=np.float32).reshape(4, 3)
+    predictor = Linear(w, in_shape=in_shape or [-1, 4])
+    manifest = Manifest.model_validate(
+        {
+            "format": "onnx",
+            "entrypoint": "m.onnx",
+            "signature": predictor.signature.model_dump(),
+            "preprocess": pre,
+            "postprocess": post,
+            "labels": labels,
+        }
+    )
+    return Pipeline(manifest, predictor)  # type: ignore[arg-type]
+
+
+def test_one_example_versus_batch() -> None:
+    p = make([], [])
+    arrays, single = p.prepare([1, 2, 3, 4], max_batch=10)
+    assert single and arrays["x"].shape == (1, 4) and arrays["x"].dtype == np.float32
+    arrays, single = p.prepare([[1, 2, 3, 4]] * 3, max_batch=10)
+    assert not single and arrays["x"].shape == (3, 4)
+
+
+def test_scale_normalize_and_decode_labels() -> None:
+    p = make(
+        [{"scale": 0.5}, {"normalize": {"mean": 1.0, "std": 2.0}}],
+        [{"softmax": True}, {"argmax": True}],
+        labels=["a", "b", "c"],
+    )
+    arrays, single = p.prepare([2, 2, 2, 2], max_batch=10)
+    np.testing.assert_allclose(arrays["x"], np.zeros((1, 4)))
+    outputs, predictions = p.decode(p.run(arrays), single=single)
+    np.testing.assert_allclose(outputs, [1 / 3] * 3, rtol=1e-6)
+    assert predictions["label"] == "a" and predictions["index"] == 0
+
+
+def test_reshape_and_top_k() -> None:
+    p = make([{"reshape": [2, 2]}], [{"top_k": 2}], in_shape=[-1, 2, 2])
+    arrays, single = p.prepare([[1, 0, 0, 0], [0, 0, 0, 1]], max_batch=10)
+    assert arrays["x"].shape == (2, 2, 2) and not single
+    _, predictions = p.decode(p.run(arrays), single=single)
+    assert [item["index"] for item in predictions[0]] == [2, 1]
+    assert [item["index"] for item in predictions[1]] == [2, 1]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [1, 2, 3],
+        [[1, 2], [3, 4]],
+        [[1, 2, 3, 4], [1, 2]],
+        ["a", "b", "c", "d"],
+        [float("nan")] * 4,
+        [[[1, 2, 3, 4]]],
+        "text",
+        {"x": [1, 2, 3, 4], "z": [1]},
+        [[]],
+    ],
+)
+def test_bad_inputs_raise_invalid_input(bad: object) -> None:
+    with pytest.raises(InvalidInput):
+        make([], []).prepare(bad, max_batch=10)
+
+
+def test_batch_limit() -> None:
+    with pytest.raises(InvalidInput, match="over the limit"):
+        make([], []).prepare([[1, 2, 3, 4]] * 11, max_batch=10)
+
+
+def test_nan_in_outputs_becomes_null_in_json() -> None:
+    import orjson
+
+    p = make([], [])
+    outputs, _ = p.decode({"y": np.array([[np.nan, 1.0, np.inf]], dtype=np.float32)}, single=True)
+    assert orjson.loads(orjson.dumps(outputs, option=orjson.OPT_SERIALIZE_NUMPY)) == [None, 1.0, None]
