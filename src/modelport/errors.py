@@ -156,8 +156,13 @@ class ModelNotFound(NotFound):
 class VersionNotFound(NotFound):
     code = "version_not_found"
 
-    def __init__(self, *, model: str, version: int | None = None) -> None:
-        msg = f"model {model!r} has no versions yet" if version is None else f"model {model!r} has no version {version}"
+    def __init__(self, *, model: str, version: int | None = None, archived_only: bool = False) -> None:
+        if version is not None:
+            msg = f"model {model!r} has no version {version}"
+        elif archived_only:
+            msg = f"model {model!r} has no ready version (all are archived); set one ready or give name:N"
+        else:
+            msg = f"model {model!r} has no versions yet"
         super().__init__(message=msg, details={"model": model, "version": version})
 
 
@@ -225,8 +230,8 @@ class ModelHasAliases(Conflict):
     def __init__(self, *, model: str, aliases: list[str]) -> None:
         super().__init__(
             message=(
-                f"model {model!r} still has alias(es) {', '.join(aliases)}; delete them first or "
-                "pass force=true as an owner"
+                f"model {model!r} still has alias(es) {', '.join(aliases)}; delete them first, or delete "
+                "with force as an owner"
             ),
             details={"model": model, "aliases": aliases},
         )

@@ -41,11 +41,11 @@ class ModelRef:
         return self.name
 
 
-def parse_version(value: str | int) -> int:
+def parse_version(value: str | int, *, ref: str | None = None) -> int:
     """Parse a version number (1, 2, 3...)."""
     text = str(value)
     if not text.isdigit() or text.startswith("0") or len(text) > 10 or int(text) > MAX_VERSION:
-        raise InvalidReference(value=text, reason="a version is a positive whole number")
+        raise InvalidReference(value=ref or text, reason="a version is a positive whole number")
     return int(text)
 
 
@@ -57,7 +57,7 @@ def parse_ref(value: str) -> ModelRef:
         raise InvalidReference(value=value, reason="give a version or an alias, not both")
     if ":" in value:
         name, _, version = value.partition(":")
-        return ModelRef(name=check_name(name), version=parse_version(version))
+        return ModelRef(name=check_name(name), version=parse_version(version, ref=value))
     if "@" in value:
         name, _, alias = value.partition("@")
         return ModelRef(name=check_name(name), alias=check_name(alias, kind="alias"))

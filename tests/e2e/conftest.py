@@ -105,11 +105,3 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> TinyOnnx:
     with torch.no_grad():
         logits = model(torch.from_numpy(inputs)).numpy()
     return TinyOnnx(path, inputs, logits)
-
-
-@pytest.fixture
-def onnx_model(tiny_onnx: TinyOnnx) -> TinyOnnx:
-    """The tiny ONNX model, once the server can load ONNX (formats/onnx.py is written separately)."""
-    if not (Path(__file__).resolve().parents[2] / "src/modelport/formats/onnx.py").exists():
-        pytest.skip("modelport.formats.onnx is not written yet")
-    return tiny_onnx

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -119,6 +120,13 @@ def test_keys_create_list_revoke(admin: Client, live_server: Server) -> None:
         bob.whoami()
 
 
+def test_key_expiry_accepts_naive_and_aware_datetimes(admin: Client) -> None:
+    naive = admin.create_key("sdk-temp", expires_at=datetime.now() + timedelta(hours=1))  # naive on purpose
+    aware = admin.create_key("sdk-temp", expires_at=datetime.now(UTC) + timedelta(hours=1))
+    assert naive["expires_at"] is not None
+    assert aware["expires_at"] is not None
+
+
 def test_permissions_hide_and_protect_models(admin: Client, live_server: Server) -> None:
     admin.create_model("sdk-private")
     with Client(live_server[0], admin.create_key("sdk-carol")["key"]) as carol:
@@ -145,37 +153,40 @@ def test_audit_records_writes(admin: Client) -> None:
     assert len(admin.audit(limit=1)) == 1
 
 
-def test_upload_predict_aliases_versions(admin: Client, onnx_model: TinyOnnx, tmp_path: Path) -> None:
+def test_upload_predict_aliases_versions(admin: Client, tiny_onnx: TinyOnnx, tmp_path: Path) -> None:
     manifest = {"labels": ["a", "b", "c"], "postprocess": [{"softmax": True}, {"argmax": True}]}
-    v1 = admin.upload("sdk-mlp", onnx_model.path, manifest=manifest)  # creates the model
+    v1 = admin.upload("sdk-mlp", tiny_onnx.path, manifest=manifest)  # creates the model
     assert (v1["model"], v1["version"], v1["format"]) == ("sdk-mlp", 1, "onnx")
-    v2 = admin.upload("sdk-mlp", [onnx_model.path])  # no decoding in v2
+    v2 = admin.upload("sdk-mlp", [tiny_onnx.path])  # no decoding in v2
     assert v2["version"] == 2
 
-    expected = softmax(onnx_model.logits)
-    answer = admin.predict("sdk-mlp:1", onnx_model.inputs)  # numpy straight through
+    expected = softmax(tiny_onnx.logits)
+    answer = admin.predict("sdk-mlp:1", tiny_onnx.inputs)  # numpy straight through
     np.testing.assert_allclose(np.asarray(answer["outputs"]), expected, rtol=1e-4, atol=1e-5)
     labels = [p["label"] for p in answer["predictions"]]
     assert labels == [["a", "b", "c"][i] for i in expected.argmax(axis=1)]
-    one = admin.predict("sdk-mlp:1", onnx_model.inputs[0].tolist())
+    one = admin.predict("sdk-mlp:1", tiny_onnx.inputs[0].tolist())
     assert one["predictions"]["label"] == labels[0]
 
     admin.set_alias("sdk-mlp", "production", 1)
-    assert admin.predict("sdk-mlp", onnx_model.inputs)["version"] == 1  # production wins
+    assert admin.predict("sdk-mlp", tiny_onnx.inputs)["version"] == 1  # production wins
     admin.set_alias("sdk-mlp", "staging", 2)
-    raw = admin.predict("sdk-mlp@staging", onnx_model.inputs)
+    raw = admin.predict("sdk-mlp@staging", tiny_onnx.inputs)
     assert raw["version"] == 2
     assert "predictions" not in raw
-    np.testing.assert_allclose(np.asarray(raw["outputs"]), onnx_model.logits, rtol=1e-4, atol=1e-5)
-    assert {a["alias"]: a["version"] for a in admin.list_aliases("sdk-mlp")} == {
-        "production": 1,
-        "staging": 2,
-    }
-    with pytest.raises(AliasInUse):
-        admin.delete_version("sdk-mlp", 2)
+    np.testing.assert_allclose(np.asarray(raw["outputs"]), tiny_onnx.logits, rtol=1e-4, atol=1e-5)
+    assert {a["alias"]: a["version"] for a in admin.list_aliases("sdk-mlp")} == {"production": 1, "staging": 2}
     admin.delete_alias("sdk-mlp", "staging")
-    admin.delete_version("sdk-mlp", 2)
-    assert [v["version"] for v in admin.list_versions("sdk-mlp")["items"]] == [1]
+    assert [a["alias"] for a in admin.list_aliases("sdk-mlp")] == ["production"]
+
+    # Deleting: a version no request has loaded (see test_a_deleted_version_is_never_served_again).
+    assert admin.upload("sdk-mlp", tiny_onnx.path)["version"] == 3
+    admin.set_alias("sdk-mlp", "canary", 3)
+    with pytest.raises(AliasInUse):
+        admin.delete_version("sdk-mlp", 3)
+    admin.delete_alias("sdk-mlp", "canary")
+    admin.delete_version("sdk-mlp", 3)
+    assert [v["version"] for v in admin.list_versions("sdk-mlp")["items"]] == [2, 1]
 
     assert admin.update_version("sdk-mlp", 1, description="tiny")["description"] == "tiny"
     got = admin.get_version("sdk-mlp", 1)
@@ -184,30 +195,56 @@ def test_upload_predict_aliases_versions(admin: Client, onnx_model: TinyOnnx, tm
 
     written = admin.download("sdk-mlp", 1, "mlp.onnx", tmp_path)
     assert written == tmp_path / "mlp.onnx"
-    assert written.read_bytes() == onnx_model.path.read_bytes()
+    assert written.read_bytes() == tiny_onnx.path.read_bytes()
 
 
-def test_infer_v2(admin: Client, onnx_model: TinyOnnx) -> None:
-    admin.upload("sdk-v2", onnx_model.path)
-    answer = admin.infer_v2("sdk-v2", {"input": onnx_model.inputs}, version=1)
+def test_infer_v2(admin: Client, tiny_onnx: TinyOnnx) -> None:
+    admin.upload("sdk-v2", tiny_onnx.path)
+    answer = admin.infer_v2("sdk-v2", {"input": tiny_onnx.inputs}, version=1)
     (out,) = answer["outputs"]
     assert (out["name"], out["shape"]) == ("logits", [5, 3])
     got = np.asarray(out["data"]).reshape(out["shape"])
-    np.testing.assert_allclose(got, onnx_model.logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got, tiny_onnx.logits, rtol=1e-4, atol=1e-5)
 
 
-async def test_async_client(live_server: Server, onnx_model: TinyOnnx, tmp_path: Path) -> None:
+async def test_async_client(live_server: Server, tiny_onnx: TinyOnnx, tmp_path: Path) -> None:
     async with AsyncClient(*live_server) as mp:
         assert (await mp.whoami())["role"] == "admin"
         await mp.create_model("sdk-async", tags=["x"])
         assert (await mp.get_model("sdk-async"))["tags"] == ["x"]
         with pytest.raises(ModelExists):
             await mp.create_model("sdk-async")
-        version = await mp.upload("sdk-async", onnx_model.path)
-        answer = await mp.predict(f"sdk-async:{version['version']}", onnx_model.inputs)
-        np.testing.assert_allclose(np.asarray(answer["outputs"]), onnx_model.logits, rtol=1e-4, atol=1e-5)
+        version = await mp.upload("sdk-async", tiny_onnx.path)
+        answer = await mp.predict(f"sdk-async:{version['version']}", tiny_onnx.inputs)
+        np.testing.assert_allclose(np.asarray(answer["outputs"]), tiny_onnx.logits, rtol=1e-4, atol=1e-5)
         path = await mp.download("sdk-async", 1, "mlp.onnx", tmp_path / "copy.onnx")
-        assert path.read_bytes() == onnx_model.path.read_bytes()
+        assert path.read_bytes() == tiny_onnx.path.read_bytes()
         await mp.delete_model("sdk-async")
         with pytest.raises(ModelNotFound):
             await mp.get_model("sdk-async")
+
+
+def test_a_deleted_version_is_never_served_again(admin: Client, tmp_path: Path) -> None:
+    import torch
+    from torch import nn
+
+    def export(seed: int) -> tuple[Path, nn.Module]:
+        torch.manual_seed(seed)
+        model = nn.Linear(4, 3).eval()
+        path = tmp_path / f"linear-{seed}.onnx"
+        torch.onnx.export(
+            model, (torch.zeros(1, 4),), str(path), dynamo=False, input_names=["input"], output_names=["y"],
+            dynamic_axes={"input": {0: "batch"}, "y": {0: "batch"}},
+        )  # fmt: skip
+        return path, model
+
+    (old_path, _), (new_path, new_model) = export(1), export(2)
+    x = np.ones((1, 4), dtype=np.float32)
+    admin.upload("sdk-stale-old", old_path)
+    admin.predict("sdk-stale-old:1", x)  # loads it into the server's cache
+    admin.delete_version("sdk-stale-old", 1)
+    admin.upload("sdk-stale-new", new_path)
+    with torch.no_grad():
+        expected = new_model(torch.from_numpy(x)).numpy()
+    got = np.asarray(admin.predict("sdk-stale-new:1", x)["outputs"])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

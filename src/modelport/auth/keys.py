@@ -73,6 +73,8 @@ def create_key(
     check_name(name, kind="principal")
     if role not in ROLES:
         raise BadRequest(message=f"role must be one of {', '.join(ROLES)}")
+    if expires_at is not None and expires_at.tzinfo is None:
+        raise BadRequest(message="expires_at needs a time zone, e.g. 2030-01-01T00:00:00Z")
     if expires_at is not None and expires_at <= utcnow():
         raise BadRequest(message="expires_at must be in the future")
     secret = key or generate_key()

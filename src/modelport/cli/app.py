@@ -82,7 +82,7 @@ app.add_typer(perms.app, name="perms")
 def main() -> None:
     """Entry point of the ``modelport`` script: run the app; errors become one line and an exit code."""
     try:
-        app()
+        app(prog_name="modelport")
     except ModelportError as exc:
         raise SystemExit(report(exc)) from None
     except OSError as exc:  # a local file that cannot be read or written

@@ -20,16 +20,7 @@ from modelport.cli.output import (
 
 app = group("Create, list and revoke API keys (admins).")
 
-KEY_COLUMNS = (
-    "id",
-    "name",
-    "role",
-    "prefix",
-    "created_by",
-    "created_at",
-    "expires_at",
-    "revoked_at",
-)
+KEY_COLUMNS = ("id", "name", "role", "prefix", "created_at", "expires_at")
 
 
 @app.command("create")
@@ -57,7 +48,7 @@ def create_key(
         emit(ctx, created)
         return
     console.print(record({k: v for k, v in created.items() if k != "key"}, title="API key"))
-    console.print(f"API key (shown once, store it now): [bold]{created['key']}[/]")
+    typer.echo(f"API key (shown once, store it now): {created['key']}")  # plain: never wrapped
 
 
 @app.command("list")
@@ -68,7 +59,8 @@ def list_keys(
     """List API keys: ids, principals, roles and prefixes (never the keys themselves)."""
     with client(ctx) as mp:
         items = mp.list_keys(include_revoked=include_revoked)
-    emit_table(ctx, items, KEY_COLUMNS, "no keys")
+    columns = (*KEY_COLUMNS, "revoked_at") if include_revoked else KEY_COLUMNS
+    emit_table(ctx, items, columns, "no keys")
 
 
 @app.command("revoke")

@@ -7,10 +7,11 @@ command is turned into a red one-line message on stderr and an exit code by :fun
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -55,12 +56,17 @@ def exit_code(exc: errors.ModelportError) -> int:
 
 def fail(message: str) -> None:
     """Print one red line on stderr (markup in ``message`` is shown literally)."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    one_line = " ".join(message.split())
+    err_console.print(f"[bold red]error:[/] {escape(one_line)}", soft_wrap=True)
 
 
 def report(exc: errors.ModelportError) -> int:
     """Print a ModelportError as one line and return its exit code."""
-    fail(exc.message or exc.code)
+    message = exc.message or exc.code
+    request_id = exc.details.get("request_id")
+    if request_id:  # a server-side failure: the id finds the log line
+        message += f" (request id {request_id})"
+    fail(message)
     return exit_code(exc)
 
 
@@ -97,7 +103,10 @@ def client(ctx: typer.Context) -> Client:
     from modelport.client import Client
 
     opts = state(ctx)
-    return Client(opts.url, opts.key)
+    try:
+        return Client(opts.url, opts.key)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--url / MODELPORT_URL") from None
 
 
 def to_json(data: Any) -> str:
@@ -107,18 +116,39 @@ def to_json(data: Any) -> str:
     ).decode()
 
 
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+
+
+def timestamp(value: datetime | str) -> str:
+    """``2026-01-31 12:00:00Z``: UTC to the second; the space lets a narrow column wrap cleanly."""
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if moment.tzinfo is None:
+        return moment.isoformat(sep=" ", timespec="seconds")
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="seconds") + "Z"
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 24 else text[:12] + "…"
+
+
 def cell(value: Any) -> str:
     """A short, readable text for a table cell."""
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, datetime):
-        return value.isoformat(timespec="seconds")
+    if isinstance(value, datetime) or (isinstance(value, str) and _TIMESTAMP.match(value)):
+        return timestamp(value)
     if isinstance(value, str):
         return value
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k}={cell(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, Mapping):  # e.g. audit details: long hashes shortened like git does
+        return ", ".join(f"{k}={_short(cell(v))}" for k, v in value.items()) or "-"
     if isinstance(value, list | tuple):
         return ", ".join(cell(v) for v in value) or "-"
     return str(value)
@@ -139,9 +169,25 @@ def record(data: Mapping[str, Any], title: str | None = None) -> Table:
     out.add_column("field", style="bold")
     out.add_column("value", overflow="fold")
     for key, value in data.items():
-        text = to_json(value) if isinstance(value, dict) and value else cell(value)
-        out.add_row(escape(str(key)), escape(text))
+        nested = isinstance(value, dict) and any(isinstance(v, dict | list) for v in value.values())
+        out.add_row(escape(str(key)), escape(pretty(value) if nested else cell(value)))
     return out
+
+
+def pretty(value: Any, indent: str = "") -> str:
+    """Indented JSON-like text for people: null fields dropped, lists of plain values on one line."""
+    inner = indent + "  "
+    if isinstance(value, dict):
+        items = [(k, v) for k, v in value.items() if v is not None]
+        if not items:
+            return "{}"
+        body = ",\n".join(f"{inner}{to_json(str(k))}: {pretty(v, inner)}" for k, v in items)
+        return "{\n" + body + "\n" + indent + "}"
+    if isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+        return "[\n" + ",\n".join(inner + pretty(v, inner) for v in value) + "\n" + indent + "]"
+    if isinstance(value, list):
+        return "[" + ", ".join(pretty(v) for v in value) + "]"
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
 
 
 def emit(ctx: typer.Context, data: Any, render: Callable[[Any], Any] | None = None) -> None:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 import typer
+from rich.markup import escape
 
-from modelport.cli.output import client, console, emit, table, to_json
+from modelport.cli.output import client, console, emit, pretty, state, table
 
 PREDICTION_COLUMNS = ("example", "rank", "label", "index", "score")
 
@@ -36,33 +36,38 @@ def read_inputs(inline: str | None, file: Path | None) -> Any:
     return data
 
 
-def prediction_rows(predictions: Any) -> list[dict[str, Any]]:
-    """Flatten argmax/top-k predictions (one example or a batch) into table rows."""
+def prediction_rows(predictions: Any, *, ranked: bool) -> list[dict[str, Any]]:
+    """Flatten argmax/top-k predictions (one example or a batch) into table rows.
+
+    A list of picks is ambiguous on its own: one example's top-k (``ranked``) or a batch of argmax
+    picks. The caller settles it from the version's manifest.
+    """
     if isinstance(predictions, dict):
-        examples: list[Any] = [[predictions]]
-    elif predictions and isinstance(predictions[0], dict):
-        # A list of dicts is either one example's top-k or a batch of argmax picks.
-        ranked = len(predictions) > 1 and all("score" in p for p in predictions) and _descending(predictions)
-        examples = [predictions] if ranked else [[p] for p in predictions]
+        examples: list[list[Any]] = [[predictions]]
+    elif predictions and all(isinstance(p, list) for p in predictions):
+        examples = list(predictions)
+    elif predictions:
+        examples = [list(predictions)] if ranked else [[p] for p in predictions]
     else:
-        examples = list(predictions or [])
-    rows = []
-    for i, ranking in enumerate(examples):
-        for rank, item in enumerate(ranking if isinstance(ranking, list) else [ranking], start=1):
-            rows.append({"example": i, "rank": rank, **item})
-    return rows
+        examples = []
+    return [
+        {"example": i, "rank": rank, **item}
+        for i, ranking in enumerate(examples)
+        for rank, item in enumerate(ranking, start=1)
+    ]
 
 
-def _descending(items: list[dict[str, Any]]) -> bool:
-    scores = [p.get("score") for p in items]
-    return all(a is not None and b is not None and a >= b for a, b in itertools.pairwise(scores))
+def ranks_top_k(manifest: dict[str, Any]) -> bool:
+    """Whether the version's decoding ends in top-k (the server keeps the last argmax/top-k step)."""
+    picks = [step for step in manifest.get("postprocess") or [] if step.get("argmax") or step.get("top_k")]
+    return bool(picks and picks[-1].get("top_k"))
 
 
-def _render(answer: dict[str, Any]) -> Any:
-    console.print(f"[bold]{answer.get('model')}[/] version {answer.get('version')}")
+def _render(answer: dict[str, Any], ranked: bool) -> Any:
+    console.print(f"[bold]{escape(str(answer.get('model')))}[/] version {answer.get('version')}")
     if answer.get("predictions") is not None:
-        return table(prediction_rows(answer["predictions"]), PREDICTION_COLUMNS)
-    return to_json(answer.get("outputs"))
+        return table(prediction_rows(answer["predictions"], ranked=ranked), PREDICTION_COLUMNS)
+    return escape(pretty(answer.get("outputs")))
 
 
 def predict(
@@ -91,4 +96,7 @@ def predict(
     inputs = read_inputs(inline, file)
     with client(ctx) as mp:
         answer = mp.predict(ref, inputs)
-    emit(ctx, answer, _render)
+        ranked = False
+        if not state(ctx).json and isinstance(answer.get("predictions"), list):
+            ranked = ranks_top_k(mp.get_version(answer["model"], answer["version"])["manifest"])
+    emit(ctx, answer, lambda a: _render(a, ranked))

@@ -51,13 +51,21 @@ def build_settings(
         raise typer.Exit(EXIT_USAGE) from None
 
 
+class _UvicornStyle(logging.Formatter):
+    """``INFO:     modelport.x: message``, aligned with uvicorn's own lines on the same stream."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelprefix = f"{record.levelname}:".ljust(9)
+        return super().format(record)
+
+
 def configure_logging(level: str) -> None:
     """Send the ``modelport.*`` loggers to stderr at ``level`` (uvicorn configures its own)."""
     logger = logging.getLogger("modelport")
     logger.setLevel(logging.DEBUG if level == "trace" else level.upper())
     if not any(getattr(h, "modelport_cli", False) for h in logger.handlers):
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)-9s %(name)s: %(message)s"))
+        handler.setFormatter(_UvicornStyle("%(levelprefix)s %(name)s: %(message)s"))
         handler.modelport_cli = True  # type: ignore[attr-defined]  # marks our handler, so a second call adds none
         logger.addHandler(handler)
     logger.propagate = False
@@ -127,11 +135,15 @@ def serve(
     The first start creates the database and prints a one-time admin API key (unless
     MODELPORT_ADMIN_KEY gives one). A stop signal lets requests in flight finish, then exits 0.
     """
-    if log_level is not None and log_level.lower() not in LOG_LEVELS:
-        raise typer.BadParameter(f"use one of {', '.join(LOG_LEVELS)}", param_hint="--log-level")
     settings = build_settings(host, port, home, database_url, no_auth, log_level and log_level.lower())
+    if settings.log_level not in LOG_LEVELS:
+        raise typer.BadParameter(f"use one of {', '.join(LOG_LEVELS)}", param_hint="--log-level")
     configure_logging(settings.log_level)
+    run_server(settings)
 
+
+def run_server(settings: Settings) -> None:
+    """Bootstrap the data home, print a new admin key once, then serve until a stop signal."""
     import uvicorn
 
     from modelport.api.app import bootstrap, create_app
@@ -140,11 +152,7 @@ def serve(
     if admin_key:
         typer.echo(f"Admin API key (shown once, store it now): {admin_key}")
     if not settings.auth:
-        typer.secho(
-            "warning: authentication is OFF; every caller is an admin",
-            fg="yellow",
-            err=True,
-        )
+        typer.secho("warning: authentication is OFF; every caller is an admin", fg="yellow", err=True)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,

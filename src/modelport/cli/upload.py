@@ -64,47 +64,39 @@ def postprocess_steps(softmax: bool, sigmoid: bool, argmax: bool, top_k: int | N
     return steps
 
 
+Files = Annotated[
+    list[Path],
+    typer.Argument(exists=True, dir_okay=False, readable=True, help="Model file(s); the first is the entrypoint."),
+]
+ManifestFile = Annotated[
+    Path | None,
+    typer.Option(exists=True, dir_okay=False, help="JSON manifest (signature, preprocess...); flags override it."),
+]
+Format = Annotated[str | None, typer.Option("--format", help=f"One of {', '.join(FORMATS)}; detected when left out.")]
+Description = Annotated[str | None, typer.Option("--description", "-d", help="What changed in this version.")]
+Labels = Annotated[str | None, typer.Option(help="Class labels, comma separated: cat,dog,bird.")]
+Scale = Annotated[float | None, typer.Option(help="Multiply inputs by this first (e.g. 0.00392 for pixels).")]
+Softmax = Annotated[bool, typer.Option("--softmax", help="Apply softmax to the first output.")]
+Sigmoid = Annotated[bool, typer.Option("--sigmoid", help="Apply sigmoid to the first output.")]
+Argmax = Annotated[bool, typer.Option("--argmax", help="Return the top class as 'predictions'.")]
+TopK = Annotated[int | None, typer.Option(min=1, max=1000, help="Return the k best classes as 'predictions'.")]
+Alias = Annotated[str | None, typer.Option(help="Point this alias (e.g. production) at the new version.")]
+
+
 def upload(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Model name; registered first if it does not exist.")],
-    files: Annotated[
-        list[Path],
-        typer.Argument(
-            exists=True,
-            dir_okay=False,
-            readable=True,
-            help="Model file(s); the first is the entrypoint.",
-        ),
-    ],
-    manifest: Annotated[
-        Path | None,
-        typer.Option(
-            exists=True,
-            dir_okay=False,
-            help="JSON manifest (signature, preprocess...); flags override it.",
-        ),
-    ] = None,
-    fmt: Annotated[
-        str | None,
-        typer.Option("--format", help=f"One of {', '.join(FORMATS)}; detected when left out."),
-    ] = None,
-    description: Annotated[
-        str | None,
-        typer.Option("--description", "-d", help="What changed in this version."),
-    ] = None,
-    labels: Annotated[str | None, typer.Option(help="Class labels, comma separated: cat,dog,bird.")] = None,
-    preprocess_scale: Annotated[
-        float | None,
-        typer.Option(help="Multiply inputs by this first (e.g. 0.00392 for pixels)."),
-    ] = None,
-    softmax: Annotated[bool, typer.Option("--softmax", help="Apply softmax to the first output.")] = False,
-    sigmoid: Annotated[bool, typer.Option("--sigmoid", help="Apply sigmoid to the first output.")] = False,
-    argmax: Annotated[bool, typer.Option("--argmax", help="Return the top class as 'predictions'.")] = False,
-    top_k: Annotated[int | None, typer.Option(min=1, max=1000, help="Return the k best classes.")] = None,
-    alias: Annotated[
-        str | None,
-        typer.Option(help="Point this alias (e.g. production) at the new version."),
-    ] = None,
+    files: Files,
+    manifest: ManifestFile = None,
+    fmt: Format = None,
+    description: Description = None,
+    labels: Labels = None,
+    preprocess_scale: Scale = None,
+    softmax: Softmax = False,
+    sigmoid: Sigmoid = False,
+    argmax: Argmax = False,
+    top_k: TopK = None,
+    alias: Alias = None,
 ) -> None:
     """Upload model files as a new version of NAME (the model is created if missing).
 

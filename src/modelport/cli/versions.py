@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from modelport.cli.output import (
     client,
@@ -14,10 +15,10 @@ from modelport.cli.output import (
     emit,
     emit_table,
     group,
+    pretty,
     record,
     state,
     table,
-    to_json,
 )
 
 app = group("List, inspect, change, delete and download versions.")
@@ -49,7 +50,7 @@ def _version_view(data: dict[str, Any]) -> Any:
     if data.get("files"):
         console.print(table(data["files"], ("path", "size_bytes", "sha256"), title="files"))
     manifest = {k: v for k, v in data.get("manifest", {}).items() if k != "files" and v}
-    return f"[bold]manifest[/]\n{to_json(manifest)}" if manifest else None
+    return f"[bold]manifest[/]\n{escape(pretty(manifest))}" if manifest else None
 
 
 @app.command("list")

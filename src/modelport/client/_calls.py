@@ -109,7 +109,10 @@ def _items(data: Any) -> Any:
 
 def default_url(url: str | None) -> str:
     """The base URL: the argument, else ``MODELPORT_URL``, else the local default (read per client)."""
-    return (url or os.environ.get("MODELPORT_URL") or DEFAULT_URL).rstrip("/")
+    chosen = (url or os.environ.get("MODELPORT_URL") or DEFAULT_URL).rstrip("/")
+    if not chosen.startswith(("http://", "https://")):
+        raise ValueError(f"invalid Modelport URL {chosen!r}: use http://host:port or https://...")
+    return chosen
 
 
 def default_key(key: str | None) -> str | None:
@@ -309,8 +312,11 @@ def infer_v2(name: str, inputs: Mapping[str, Any], version: int | None) -> Call[
 # -- keys and audit --------------------------------------------------------------------------------
 def create_key(name: str, role: str, expires_at: datetime | str | None) -> Call[JSON]:
     body: JSON = {"name": name, "role": role}
-    if expires_at is not None:
-        body["expires_at"] = expires_at.isoformat() if isinstance(expires_at, datetime) else expires_at
+    if isinstance(expires_at, datetime):
+        # A naive datetime means local time (Python's rule); the server needs an explicit zone.
+        body["expires_at"] = (expires_at if expires_at.tzinfo else expires_at.astimezone()).isoformat()
+    elif expires_at is not None:
+        body["expires_at"] = expires_at
     return Call("POST", "/v1/keys", body=encode_json(body))
 
 

@@ -139,9 +139,7 @@ def reconcile(inferred: Signature | None, given: Signature | None) -> Signature 
     known = {s.name: s for s in inferred.outputs}
     unknown = [s.name for s in given.outputs if s.name not in known]
     if unknown:
-        raise InvalidManifest(
-            message=f"signature outputs {unknown} are not outputs of the model ({sorted(known)})"
-        )
+        raise InvalidManifest(message=f"signature outputs {unknown} are not outputs of the model ({sorted(known)})")
     outputs = [_merge_spec(known[s.name], s, "output") for s in given.outputs]
     return Signature(inputs=inputs, outputs=outputs)
 

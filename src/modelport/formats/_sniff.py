@@ -24,8 +24,7 @@ SUPPORTED = [
 PICKLE_SUFFIXES = frozenset({".pkl", ".pickle", ".joblib", ".sav", ".dill", ".cloudpickle", ".pck"})
 INSTEAD_GENERIC = "ONNX, skops (for scikit-learn) or safetensors weights with the layer list (for torch)"
 INSTEAD_TORCH = (
-    "TorchScript (torch.jit.save), a torch.export archive (.pt2), ONNX, "
-    "or safetensors weights with the layer list"
+    "TorchScript (torch.jit.save), a torch.export archive (.pt2), ONNX, or safetensors weights with the layer list"
 )
 _HEAD_BYTES = 16
 _ZIP_MAGIC = b"PK\x03\x04"

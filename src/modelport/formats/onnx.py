@@ -212,7 +212,7 @@ def _node_tensors(node: onnx.NodeProto) -> Iterator[TensorProto]:
 def _parse(path: Path, entrypoint: str, bundle_dir: Path) -> ModelProto:
     try:
         return onnx.load_model(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError, RuntimeError or ValueError
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError, RuntimeError or ValueError
         raise InvalidArtifact(
             message=f"{entrypoint!r} is not a valid ONNX model ({describe_error(exc, bundle_dir)})"
         ) from None
@@ -227,7 +227,7 @@ def _open_session(path: Path, bundle_dir: Path, entrypoint: str) -> ort.Inferenc
     options.log_severity_level = 3  # errors only; warnings about unused initializers are noise
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph/... classes
         raise InvalidArtifact(
             message=f"onnxruntime cannot load {entrypoint!r} ({describe_error(exc, bundle_dir)})"
         ) from None

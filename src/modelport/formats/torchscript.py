@@ -22,6 +22,7 @@ from modelport.formats._common import (
     describe_error,
     dtype_name,
     files_of,
+    reconcile,
     resolve_entry,
     spec,
 )
@@ -119,8 +120,10 @@ def to_numpy(value: Any) -> np.ndarray[Any, Any]:
 def _load_module(bundle_dir: Path, entrypoint: str) -> torch.jit.ScriptModule:
     path = resolve_entry(bundle_dir, entrypoint)
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:  # torch raises RuntimeError for most archive problems
+        module: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]  # torch leaves it unannotated
+            str(path), map_location="cpu"
+        )
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, ValueError or its own classes
         raise InvalidArtifact(
             message=f"{entrypoint!r} is not a loadable TorchScript archive ({describe_error(exc, bundle_dir)})"
         ) from None
@@ -144,21 +147,19 @@ def _probe_outputs(module: Any, signature: Signature, bundle_dir: Path) -> Signa
             outputs = name_outputs(module(*args), [o.name for o in signature.outputs])
     except InvalidArtifact:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the model's own code raises
         raise InvalidArtifact(
             message=f"the model fails on an all-zero example of the signature ({describe_error(exc, bundle_dir)})"
         ) from None
-    given = {o.name: o for o in signature.outputs}
-    specs = []
-    for name, array in outputs.items():
-        inferred = spec(name, dtype_name(array.dtype), batch_shape(array.shape[1:]))
-        if name in given and given[name].shape is not None:
-            inferred = inferred.model_copy(update={"shape": given[name].shape, "allow_nan": given[name].allow_nan})
-        specs.append(inferred)
-    return Signature(inputs=list(signature.inputs), outputs=specs)
+    inferred = [
+        spec(name, dtype_name(array.dtype), batch_shape(array.shape[1:]) if array.ndim else [])
+        for name, array in outputs.items()
+    ]
+    merged = reconcile(Signature(inputs=list(signature.inputs), outputs=inferred), signature)
+    return merged if merged is not None else signature
 
 
 def _module_bytes(module: Any) -> int:
     """Parameters and buffers, twice over for activations and the allocator's slack."""
     tensors = [*module.parameters(), *module.buffers()]
-    return 2 * sum(t.numel() * t.element_size() for t in tensors) + (1 << 20)
+    return int(2 * sum(t.numel() * t.element_size() for t in tensors) + (1 << 20))

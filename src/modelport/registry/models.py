@@ -149,8 +149,8 @@ def delete_model(
     *,
     force: bool = False,
     client: str | None = None,
-) -> None:
-    """Delete a model and its versions. Refused while aliases exist unless an owner passes force.
+) -> list[int]:
+    """Delete a model and its versions (ids returned, to unload). Refused while aliases exist unless forced.
 
     Blobs stay in the store: they are content-addressed and may be shared with other versions.
     """
@@ -159,6 +159,7 @@ def delete_model(
         aliases = list(s.scalars(select(Alias.name).where(Alias.model_id == model.id)))
         if aliases and not force:
             raise ModelHasAliases(model=name, aliases=sorted(aliases))
+        version_ids = list(s.scalars(select(Version.id).where(Version.model_id == model.id)))
         s.delete(model)
         audit.record(
             s,
@@ -168,3 +169,4 @@ def delete_model(
             details={"force": force, "aliases": sorted(aliases)},
             client=client,
         )
+        return version_ids

@@ -48,6 +48,8 @@ class Base(DeclarativeBase):
 
 class Model(Base):
     __tablename__ = "models"
+    # Ids are never reused (SQLite would reuse the highest one after a delete); caches key on them.
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(63), unique=True, nullable=False)
@@ -65,7 +67,10 @@ class Model(Base):
 
 class Version(Base):
     __tablename__ = "versions"
-    __table_args__ = (UniqueConstraint("model_id", "number", name="uq_versions_model_number"),)
+    __table_args__ = (
+        UniqueConstraint("model_id", "number", name="uq_versions_model_number"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), nullable=False)

@@ -172,13 +172,15 @@ def delete_version(
     number: int,
     *,
     client: str | None = None,
-) -> None:
+) -> int:
+    """Delete a version no alias points to; return its id so the caller can unload it."""
     with db.write() as s:
         model, _ = visible_model(s, principal, model_name, "own")
         version = load_version(s, model, number)
         aliases = aliases_of(s, version)
         if aliases:
             raise AliasInUse(model=model.name, version=number, aliases=aliases)
+        version_id = version.id
         s.delete(version)
         audit.record(
             s,
@@ -187,6 +189,7 @@ def delete_version(
             target=f"{model.name}:{number}",
             client=client,
         )
+        return version_id
 
 
 def find_file(db: Database, principal: Principal, model_name: str, number: int, path: str) -> tuple[str, int]:
@@ -229,5 +232,9 @@ def resolve(session: Session, ref: ModelRef) -> tuple[Model, Version]:
         .limit(1)
     )
     if version is None:
-        raise VersionNotFound(model=model.name)
+        raise VersionNotFound(model=model.name, archived_only=_has_versions(session, model))
     return model, version
+
+
+def _has_versions(session: Session, model: Model) -> bool:
+    return session.scalar(select(Version.id).where(Version.model_id == model.id).limit(1)) is not None

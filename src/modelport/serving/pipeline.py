@@ -98,8 +98,6 @@ class Pipeline:
                 message=f"input {spec.name!r} must hold numbers (got {arr.dtype.kind!r} values)",
                 details={"expected_dtype": spec.dtype},
             )
-        if arr.dtype.kind == "f" and not spec.allow_nan and not np.isfinite(arr).all():
-            raise InvalidInput(message=f"input {spec.name!r} contains NaN or Infinity, which this model refuses")
         return arr
 
     def _batch(self, spec: TensorSpec, arr: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -125,7 +123,7 @@ class Pipeline:
 
     def _preprocess(self, arr: np.ndarray) -> np.ndarray:
         for step in self.manifest.preprocess:
-            if step.scale is not None:
+            if step.scale is not None:  # overflow shows up as Infinity, refused below
                 arr = arr * step.scale
             elif step.shift is not None:
                 arr = arr + step.shift
@@ -146,7 +144,14 @@ class Pipeline:
                     message=f"input {spec.name!r} must have shape {_shape_text(expected)}",
                     details={"got_shape": list(arr.shape), "expected_shape": expected},
                 )
-        return arr.astype(NUMPY_DTYPES[spec.dtype], copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = arr.astype(NUMPY_DTYPES[spec.dtype], copy=False)
+        # Checked after the cast: 1e39 is finite as JSON/float64 but infinite as float32.
+        if cast.dtype.kind == "f" and not spec.allow_nan and not np.isfinite(cast).all():
+            raise InvalidInput(
+                message=f"input {spec.name!r} contains NaN or Infinity (or values too large for {spec.dtype})"
+            )
+        return cast
 
     # -- model and outputs ----------------------------------------------------------------------
     def run(self, arrays: Tensors) -> Tensors:

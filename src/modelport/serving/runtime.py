@@ -33,6 +33,7 @@ class ModelRuntime:
         self.store = store
         self.capacity = max(1, capacity)
         self._loaded: OrderedDict[int, tuple[LoadedInfo, Pipeline]] = OrderedDict()
+        """Keyed by version id; ids are never reused and versions never change, so a hit is always right."""
         self._lock = threading.Lock()
         self._loading: dict[int, threading.Lock] = {}
 

@@ -39,7 +39,11 @@ def test_manifest_input_validation_messages() -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.floats(allow_nan=False)
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=20,
 )

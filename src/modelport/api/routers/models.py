@@ -72,6 +72,7 @@ def update_model(name: str, body: ModelUpdate, ctx: Ctx, who: Caller, client: Cl
     summary="Delete a model (no aliases left, or force=true as owner)",
 )
 def delete_model(name: str, ctx: Ctx, who: Caller, client: Client, force: bool = False) -> Response:
-    models.delete_model(ctx.db, who, name, force=force, client=client)
+    for version_id in models.delete_model(ctx.db, who, name, force=force, client=client):
+        ctx.runtime.unload(version_id)
     ctx.forget_caches()
     return Response(status_code=204)

@@ -117,7 +117,8 @@ def update_version(name: str, version: str, body: VersionUpdate, ctx: Ctx, who: 
     summary="Delete a version no alias points to (owners)",
 )
 def delete_version(name: str, version: str, ctx: Ctx, who: Caller, client: Client) -> Response:
-    versions.delete_version(ctx.db, who, name, parse_version(version), client=client)
+    version_id = versions.delete_version(ctx.db, who, name, parse_version(version), client=client)
+    ctx.runtime.unload(version_id)
     ctx.forget_caches()
     return Response(status_code=204)
 

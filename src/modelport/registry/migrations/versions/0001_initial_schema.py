@@ -64,6 +64,7 @@ def upgrade() -> None:
         sa.Column("next_version", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "permissions",
@@ -98,6 +99,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["model_id"], ["models.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("model_id", "number", name="uq_versions_model_number"),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "aliases",
