@@ -99,7 +99,10 @@ class UnsafeFormat(BadRequest):
 
     def __init__(self, *, filename: str, reason: str, instead: str) -> None:
         super().__init__(
-            message=f"refused {filename!r}: {reason}. Modelport never loads pickle; upload {instead} instead",
+            message=(
+                f"refused {filename!r}: {reason}. Modelport never loads pickle or runs code from a model "
+                f"file; upload {instead} instead"
+            ),
             details={"instead": instead},
         )
 

@@ -107,7 +107,9 @@ class SklearnPredictor:
         self.signature = signature
         self.memory_bytes = memory_bytes
         self._input = signature.inputs[0].name if signature.inputs else "input"
-        self._outputs = {s.name: s for s in signature.outputs}
+        # a signature given without outputs still gets the estimator's own (label, probabilities...)
+        outputs = signature.outputs or estimator_signature(estimator).outputs
+        self._outputs = {s.name: s for s in outputs}
 
     def __call__(self, inputs: Tensors) -> Tensors:
         if self._estimator is None:

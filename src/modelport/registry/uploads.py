@@ -78,7 +78,7 @@ def _build_manifest(staging: Path, names: list[str], given: ManifestInput) -> Ma
     fmt_name = _check_files(staging, names, entry, given.format)
     fmt = formats.get(fmt_name)
     inspection = fmt.inspect(staging, entry, given)
-    signature = given.signature or inspection.signature
+    signature = inspection.signature or given.signature  # inspect already merged what was given
     if signature is None or not signature.inputs:
         raise InvalidManifest(message=f"format {fmt_name!r} does not record input names and shapes; give a signature")
     metrics = {**inspection.extra, **given.metrics}

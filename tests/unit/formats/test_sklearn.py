@@ -102,3 +102,13 @@ def test_not_a_skops_file(tmp_path: Path) -> None:
     with pytest.raises(InvalidArtifact) as info:
         sklearn_format.inspect(tmp_path, "model.skops", ManifestInput())
     assert str(tmp_path) not in str(info.value)
+
+
+def test_a_signature_without_outputs_still_predicts(tmp_path: Path, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = digits
+    model = Ridge().fit(x, y.astype(float))
+    sklearn_format.save(model, tmp_path)
+    given = Signature(inputs=[TensorSpec(name="input", dtype="float64", shape=[-1, 64])])
+    manifest = Manifest(format="sklearn", entrypoint="model.skops", signature=given)
+    out = sklearn_format.load(tmp_path, manifest)({"input": x[:3]})
+    np.testing.assert_allclose(out["output"], model.predict(x[:3]), atol=1e-5)
