@@ -44,13 +44,69 @@ class Settings(BaseSettings):
     """Largest number of examples in one predict request."""
 
     model_cache_size: int = 64
-    """How many loaded versions one process keeps in memory."""
+    """How many loaded versions one process keeps in memory at most."""
+
+    memory_budget_bytes: int | None = None
+    """Memory loaded models may take in one process (default: half the machine's RAM); least recently
+    used versions are unloaded to make room, and a model that cannot fit is refused with a 503."""
+
+    batch_max_size: int = 1024
+    """Default most examples the dynamic batcher merges into one model call (per version: manifest)."""
+
+    batch_max_wait_ms: float = 0.0
+    """Default wait for a batch to fill when the model is idle; 0 runs an idle model's request at once."""
+
+    batch_queue_limit: int = 16384
+    """Default most examples queued per version before requests get 429 with Retry-After."""
+
+    request_timeout_s: float = 30.0
+    """Default longest wait of a prediction (queue + compute) before a 503."""
+
+    access_log: bool = False
+    """Log one line per request (request id, route, status, time). Off by default: metrics carry the
+    aggregate, and a log line per request costs more than the model itself on small models."""
 
     log_level: str = "info"
     """Log level of the server (debug, info, warning, error)."""
 
     graceful_timeout: int = 30
     """Seconds SIGTERM waits for requests in flight before the server exits."""
+
+    job_workers: int = Field(default=1, ge=0, le=64)
+    """Job worker processes `modelport serve` starts beside the API (0: none; run `modelport worker`)."""
+
+    job_poll_s: float = Field(default=0.2, gt=0, le=60)
+    """How often an idle worker looks for a queued job, in seconds (the dispatch latency)."""
+
+    job_heartbeat_s: float = Field(default=2.0, gt=0, le=300)
+    """How often a worker marks its running job alive, in seconds."""
+
+    job_heartbeat_timeout_s: float = Field(default=15.0, gt=0, le=3600)
+    """A running job whose heartbeat is older than this is taken to have lost its worker and is requeued."""
+
+    job_max_attempts: int = Field(default=3, ge=1, le=100)
+    """How many workers may start a job (lost workers count); then the job fails."""
+
+    job_stop_timeout_s: float = Field(default=20.0, gt=0, le=3600)
+    """On shutdown, how long a worker may take to checkpoint and requeue its job before it is killed."""
+
+    job_data_dirs: list[Path] = Field(default_factory=list)
+    """Folders a member's training spec may read ``data.path`` from (admins may read any path).
+
+    Empty: members train on built-in sets only. Relative ``data.path`` values resolve against the
+    worker's working directory.
+    """
+
+    @property
+    def memory_budget(self) -> int:
+        if self.memory_budget_bytes is not None:
+            return self.memory_budget_bytes
+        try:
+            with open("/proc/meminfo") as f:
+                total_kib = int(f.readline().split()[1])
+            return total_kib * 1024 // 2
+        except (OSError, ValueError, IndexError):
+            return 8 << 30
 
     @property
     def db_url(self) -> str:
@@ -66,3 +122,8 @@ class Settings(BaseSettings):
     @property
     def tmp_dir(self) -> Path:
         return self.home / "tmp"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Working folders of jobs (checkpoints, bundles), one per job id."""
+        return self.home / "jobs"

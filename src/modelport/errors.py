@@ -12,7 +12,8 @@ and ``client/errors.py`` maps the JSON back to the same classes.
     │   ├── UnsafeFormat                400 "unsafe_format"       (pickle and friends)
     │   ├── InvalidArtifact             400 "invalid_artifact"
     │   ├── InvalidManifest             400 "invalid_manifest"
-    │   └── InvalidInput                400 "invalid_input"       (shape, dtype, NaN)
+    │   ├── InvalidInput                400 "invalid_input"       (shape, dtype, NaN)
+    │   └── InvalidJobSpec              400 "invalid_job_spec"    (with the field path)
     ├── Unauthenticated                 401 "unauthenticated"
     ├── PermissionDenied                403 "permission_denied"
     ├── NotFound                        404 "not_found"
@@ -21,11 +22,13 @@ and ``client/errors.py`` maps the JSON back to the same classes.
     │   ├── AliasNotFound               404 "alias_not_found"
     │   ├── FileNotFoundInVersion       404 "file_not_found"
     │   ├── KeyNotFound                 404 "key_not_found"
+    │   ├── JobNotFound                 404 "job_not_found"
     │   └── RouteNotFound               404 "route_not_found"
     ├── Conflict                        409 "conflict"
     │   ├── ModelExists                 409 "model_exists"
     │   ├── AliasInUse                  409 "alias_in_use"
-    │   └── ModelHasAliases             409 "model_has_aliases"
+    │   ├── ModelHasAliases             409 "model_has_aliases"
+    │   └── JobFinished                 409 "job_finished"
     ├── PayloadTooLarge                 413 "payload_too_large"
     ├── UnsupportedMediaType            415 "unsupported_media_type"
     ├── ValidationFailed                422 "validation_failed"
@@ -128,6 +131,13 @@ class InvalidInput(BadRequest):
         super().__init__(message=message, details=details)
 
 
+class InvalidJobSpec(BadRequest):
+    code = "invalid_job_spec"
+
+    def __init__(self, *, field: str, problem: str) -> None:
+        super().__init__(message=f"invalid job spec: {field}: {problem}", details={"field": field})
+
+
 class Unauthenticated(ModelportError):
     code = "unauthenticated"
 
@@ -196,6 +206,14 @@ class KeyNotFound(NotFound):
         super().__init__(message=f"API key {key_id!r} not found")
 
 
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+    def __init__(self, *, job_id: str) -> None:
+        shown = job_id if len(job_id) <= 40 else job_id[:37] + "..."
+        super().__init__(message=f"job {shown!r} not found", details={"job": shown})
+
+
 class RouteNotFound(NotFound):
     code = "route_not_found"
 
@@ -237,6 +255,16 @@ class ModelHasAliases(Conflict):
                 "with force as an owner"
             ),
             details={"model": model, "aliases": aliases},
+        )
+
+
+class JobFinished(Conflict):
+    code = "job_finished"
+
+    def __init__(self, *, job_id: str, status: str) -> None:
+        super().__init__(
+            message=f"job {job_id!r} already ended ({status}); only queued or running jobs can be cancelled",
+            details={"job": job_id, "status": status},
         )
 
 

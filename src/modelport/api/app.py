@@ -24,11 +24,12 @@ from modelport.api.routers import (
     v2,
     versions,
 )
+from modelport.api.routers import runtime as runtime_routes
 from modelport.auth.keys import KeyAuthenticator, ensure_admin_key
 from modelport.config import Settings
 from modelport.registry.db import Database
 from modelport.serving.router import Router
-from modelport.serving.runtime import ModelRuntime
+from modelport.serving.runtime import BatchPolicy, ModelRuntime
 from modelport.serving.service import InferenceService
 from modelport.store.local import LocalBlobStore
 
@@ -73,7 +74,21 @@ def _limit_for(settings: Settings):  # type: ignore[no-untyped-def]
 def create_app(settings: Settings) -> FastAPI:
     db, store = open_home(settings)
     ensure_admin_key(db, settings.admin_key)
-    runtime = ModelRuntime(store, capacity=settings.model_cache_size)
+    policy = BatchPolicy(
+        max_batch=settings.batch_max_size,
+        max_wait_s=settings.batch_max_wait_ms / 1000,
+        queue_limit=settings.batch_queue_limit,
+        timeout_s=settings.request_timeout_s,
+    )
+    metrics = Metrics()
+    runtime = ModelRuntime(
+        store,
+        capacity=settings.model_cache_size,
+        memory_budget=settings.memory_budget,
+        policy=policy,
+        on_batch=metrics.observe_batch,
+    )
+    metrics.watch_runtime(runtime)
     router = Router(db)
     ctx = AppContext(
         settings=settings,
@@ -83,7 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
         router=router,
         runtime=runtime,
         inference=InferenceService(router, runtime, max_batch=settings.max_batch),
-        metrics=Metrics(runtime.loaded),
+        metrics=metrics,
     )
 
     @asynccontextmanager
@@ -108,10 +123,13 @@ def create_app(settings: Settings) -> FastAPI:
         aliases,
         permissions,
         predict,
+        runtime_routes,
         v2,
         keys,
         audit,
     ):
         app.include_router(module.router)
-    app.add_middleware(EdgeMiddleware, metrics=ctx.metrics, limit_for=_limit_for(settings))
+    app.add_middleware(
+        EdgeMiddleware, metrics=ctx.metrics, limit_for=_limit_for(settings), access_log=settings.access_log
+    )
     return app

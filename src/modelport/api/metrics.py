@@ -1,60 +1,50 @@
-"""Prometheus metrics of one process: requests and latency per route and per model, loaded models."""
+"""Prometheus metrics of one process: requests and latency per route, model and version; batch sizes,
+queue depth, loaded models and their memory."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from modelport.serving.runtime import LoadedInfo
+if TYPE_CHECKING:
+    from modelport.serving.runtime import ModelRuntime
 
-LATENCY_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1,
-    2.5,
-    5,
-    10,
-)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 
-class _LoadedCollector(Collector):
-    def __init__(self, loaded: Callable[[], list[LoadedInfo]]) -> None:
-        self.loaded = loaded
+class _RuntimeCollector(Collector):
+    def __init__(self, runtime: ModelRuntime) -> None:
+        self.runtime = runtime
 
     def collect(self) -> Iterable[Metric]:
-        infos = self.loaded()
+        infos = self.runtime.loaded()
         count = GaugeMetricFamily("modelport_loaded_models", "Model versions loaded in this process")
         count.add_metric([], len(infos))
         memory = GaugeMetricFamily(
-            "modelport_loaded_model_bytes",
-            "Estimated memory of a loaded version",
-            labels=["model", "version"],
+            "modelport_loaded_model_bytes", "Estimated memory of a loaded version", labels=["model", "version"]
         )
         for info in infos:
             memory.add_metric([info.model, str(info.version)], info.memory_bytes)
-        yield count
-        yield memory
+        budget = GaugeMetricFamily("modelport_memory_budget_bytes", "Memory budget for loaded models")
+        budget.add_metric([], self.runtime.memory_budget)
+        depth = GaugeMetricFamily(
+            "modelport_queue_depth", "Examples waiting for a version's batcher", labels=["model", "version"]
+        )
+        for model, version, batcher in self.runtime.batchers():
+            depth.add_metric([model, str(version)], batcher.queue_depth)
+        yield from (count, memory, budget, depth)
 
 
 class Metrics:
-    def __init__(self, loaded: Callable[[], list[LoadedInfo]]) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "modelport_http_requests_total",
-            "HTTP requests",
-            ["route", "method", "status"],
-            registry=self.registry,
+            "modelport_http_requests_total", "HTTP requests", ["route", "method", "status"], registry=self.registry
         )
         self.latency = Histogram(
             "modelport_http_request_duration_seconds",
@@ -71,12 +61,21 @@ class Metrics:
         )
         self.prediction_latency = Histogram(
             "modelport_prediction_duration_seconds",
-            "Prediction latency (resolve, preprocess, model, decode)",
+            "Prediction latency (resolve, preprocess, queue, model, decode)",
             ["model", "version"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_LoadedCollector(loaded))
+        self.batch_size = Histogram(
+            "modelport_batch_size",
+            "Examples per model call (after dynamic batching)",
+            ["model", "version"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+
+    def watch_runtime(self, runtime: ModelRuntime) -> None:
+        self.registry.register(_RuntimeCollector(runtime))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
@@ -86,6 +85,9 @@ class Metrics:
         self.predictions.labels(model, str(version), "ok" if ok else "error").inc()
         if ok:
             self.prediction_latency.labels(model, str(version)).observe(seconds)
+
+    def observe_batch(self, model: str, version: int, rows: int) -> None:
+        self.batch_size.labels(model, str(version)).observe(rows)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -23,8 +23,11 @@ errlog = logging.getLogger("modelport.api")
 
 
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, limit_for: Callable[[str, str], int]) -> None:
+    def __init__(
+        self, app: ASGIApp, *, metrics: Metrics, limit_for: Callable[[str, str], int], access_log: bool = False
+    ) -> None:
         self.app = app
+        self.access_log = access_log
         self.metrics = metrics
         self.limit_for = limit_for
 
@@ -83,7 +86,8 @@ class EdgeMiddleware:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         self.metrics.observe_request(template, method, status, elapsed)
-        log.info("%s %s %s %d %.1fms", request_id, method, template, status, elapsed * 1000)
+        if self.access_log:
+            log.info("%s %s %s %d %.1fms", request_id, method, template, status, elapsed * 1000)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -93,6 +93,7 @@ def _build_manifest(staging: Path, names: list[str], given: ManifestInput) -> Ma
         description=given.description,
         lineage=given.lineage,
         architecture=given.architecture,
+        serving=given.serving,
         files={},
     )
     # The version must be servable: load it once from the staging copy before anything is stored.

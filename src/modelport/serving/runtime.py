@@ -1,18 +1,30 @@
-"""Loaded versions, kept in a process-wide cache so each version is loaded once per process.
+"""Loaded versions in one process: loaded once, kept within a memory budget, least recently used first out.
 
 Loading copies the version's files out of the blob store into a private temp folder while re-hashing
 them (a tampered blob is refused there), hands the folder to the format's ``load``, then deletes it:
 every supported runtime holds the model in memory after load.
+
+Memory: before a load the runtime estimates the version's size from its files (x2, for the runtime's own
+copies), evicts least-recently-used unpinned versions until the estimate fits the budget, and refuses
+with a clear 503 when it cannot fit even then (instead of running out of memory). After the load it
+measures the process's resident-set growth and keeps the larger of estimate and measurement. A version
+evicted while requests are still running on it is unloaded when the last of them finishes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import os
 import shutil
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from modelport import formats
+from modelport.errors import Unavailable
+from modelport.serving.batcher import Batcher
 from modelport.serving.pipeline import Pipeline
 from modelport.store.bundle import Manifest
 from modelport.store.local import LocalBlobStore
@@ -24,48 +36,176 @@ class LoadedInfo:
     version: int
     format: str
     memory_bytes: int
+    pinned: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    max_batch: int
+    max_wait_s: float
+    queue_limit: int
+    timeout_s: float
+
+
+@dataclass(eq=False)
+class Loaded:
+    """A loaded version: its pipeline, its batcher, and the bookkeeping the cache needs."""
+
+    version_id: int
+    model: str
+    version: int
+    pipeline: Pipeline
+    batcher: Batcher
+    memory_bytes: int
+    pinned: bool = False
+    in_flight: int = 0
+    evicted: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def info(self) -> LoadedInfo:
+        return LoadedInfo(self.model, self.version, self.pipeline.manifest.format, self.memory_bytes, self.pinned)
+
+    def acquire(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            free = self.evicted and self.in_flight == 0
+        if free:
+            self.pipeline.predictor.unload()
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 class ModelRuntime:
-    """An LRU cache of Pipelines keyed by version id, with one loader lock per version."""
-
-    def __init__(self, store: LocalBlobStore, *, capacity: int) -> None:
+    def __init__(
+        self,
+        store: LocalBlobStore,
+        *,
+        capacity: int,
+        memory_budget: int,
+        policy: BatchPolicy,
+        on_batch: Callable[[str, int, int], None] | None = None,
+    ) -> None:
         self.store = store
         self.capacity = max(1, capacity)
-        self._loaded: OrderedDict[int, tuple[LoadedInfo, Pipeline]] = OrderedDict()
+        self.memory_budget = memory_budget
+        self.policy = policy
+        self.on_batch = on_batch
+        self._loaded: OrderedDict[int, Loaded] = OrderedDict()
         """Keyed by version id; ids are never reused and versions never change, so a hit is always right."""
         self._lock = threading.Lock()
         self._loading: dict[int, threading.Lock] = {}
+        self._pins: set[int] = set()
 
-    def get(self, version_id: int, model: str, number: int, manifest: Manifest) -> Pipeline:
-        """The loaded pipeline for a version, loading it (once, even under concurrency) if needed."""
+    # -- lookups ----------------------------------------------------------------------------------
+    def acquire(self, version_id: int) -> Loaded | None:
+        """The loaded version with one more request in flight (release() it), or None if not loaded.
+
+        Atomic with eviction: a version found here is not unloaded until its last request releases it.
+        """
         with self._lock:
             hit = self._loaded.get(version_id)
             if hit is not None:
-                self._loaded.move_to_end(version_id)
-                return hit[1]
+                self._loaded.move_to_end(version_id)  # least-recently-USED order for the budget
+                hit.acquire()
+            return hit
+
+    def peek(self, version_id: int) -> Loaded | None:
+        return self._loaded.get(version_id)
+
+    def get(self, version_id: int, model: str, number: int, manifest: Manifest) -> Loaded:
+        """Like acquire(), loading the version first (once, even under concurrency) if needed."""
+        hit = self.acquire(version_id)
+        if hit is not None:
+            return hit
+        with self._lock:
             loader = self._loading.setdefault(version_id, threading.Lock())
         with loader:
-            with self._lock:
-                hit = self._loaded.get(version_id)
-                if hit is not None:
-                    return hit[1]
+            hit = self.acquire(version_id)
+            if hit is not None:
+                return hit
+            estimate = 2 * sum(self._file_sizes(manifest))
+            self._make_room(estimate)
+            before = rss_bytes()
             pipeline = self._load(manifest)
-            info = LoadedInfo(
-                model=model,
-                version=number,
-                format=manifest.format,
-                memory_bytes=pipeline.predictor.memory_bytes,
+            grown = max(0, rss_bytes() - before)
+            memory = max(estimate, grown, pipeline.predictor.memory_bytes)
+            loaded = Loaded(
+                version_id,
+                model,
+                number,
+                pipeline,
+                self._batcher(model, number, pipeline),
+                memory,
+                pinned=version_id in self._pins,
             )
+            loaded.acquire()
             with self._lock:
-                self._loaded[version_id] = (info, pipeline)
+                self._loaded[version_id] = loaded
                 self._loading.pop(version_id, None)
-                evicted = []
-                while len(self._loaded) > self.capacity:
-                    evicted.append(self._loaded.popitem(last=False)[1][1])
-            for old in evicted:
-                old.predictor.unload()
-            return pipeline
+            with contextlib.suppress(Unavailable):  # over budget only by the pinned: keep serving it
+                self._make_room(0)
+            return loaded
+
+    # -- memory -----------------------------------------------------------------------------------
+    @property
+    def used_bytes(self) -> int:
+        with self._lock:
+            return sum(item.memory_bytes for item in self._loaded.values())
+
+    def _make_room(self, needed: int) -> None:
+        """Evict least-recently-used unpinned versions until ``needed`` more bytes fit the budget."""
+        evicted: list[Loaded] = []
+        with self._lock:
+            used = sum(item.memory_bytes for item in self._loaded.values())
+            for version_id in list(self._loaded):
+                over_budget = used + needed > self.memory_budget
+                over_count = len(self._loaded) + (1 if needed else 0) > self.capacity
+                if not (over_budget or over_count):
+                    break
+                item = self._loaded[version_id]
+                if item.pinned:
+                    continue
+                del self._loaded[version_id]
+                used -= item.memory_bytes
+                evicted.append(item)
+            fits = used + needed <= self.memory_budget
+        for item in evicted:
+            self._retire(item)
+        if not fits:
+            raise Unavailable(
+                message=(
+                    f"cannot load this model: it needs about {needed >> 20} MiB and the memory budget of "
+                    f"{self.memory_budget >> 20} MiB is taken by pinned models; unpin or unload one"
+                )
+            )
+
+    def _retire(self, item: Loaded) -> None:
+        with item._lock:
+            item.evicted = True
+            idle = item.in_flight == 0
+        if idle:
+            item.pipeline.predictor.unload()
+        gc.collect()
+
+    # -- loading ----------------------------------------------------------------------------------
+    def _file_sizes(self, manifest: Manifest) -> list[int]:
+        sizes = []
+        for sha in manifest.files.values():
+            path = self.store.path_of(sha)
+            sizes.append(path.stat().st_size if path.is_file() else 0)
+        return sizes
 
     def _load(self, manifest: Manifest) -> Pipeline:
         folder = self.store.new_tmp_path(".load")
@@ -77,26 +217,55 @@ class ModelRuntime:
             shutil.rmtree(folder, ignore_errors=True)
         return Pipeline(manifest, predictor)
 
-    def peek(self, version_id: int) -> Pipeline | None:
-        """The pipeline if already loaded (no loading, no LRU update: a dict read on the hot path)."""
-        hit = self._loaded.get(version_id)
-        return hit[1] if hit is not None else None
+    def _batcher(self, model: str, number: int, pipeline: Pipeline) -> Batcher:
+        cfg = pipeline.manifest.serving
+        policy = self.policy
+        on_batch = self.on_batch
+
+        def observe(rows: int) -> None:
+            if on_batch is not None:
+                on_batch(model, number, rows)
+
+        return Batcher(
+            pipeline.run,
+            max_batch=cfg.max_batch_size or policy.max_batch,
+            max_wait_s=(cfg.max_wait_ms / 1000) if cfg.max_wait_ms is not None else policy.max_wait_s,
+            queue_limit=cfg.queue_limit or policy.queue_limit,
+            timeout_s=cfg.timeout_s or policy.timeout_s,
+            on_batch=observe,
+        )
+
+    # -- admin ------------------------------------------------------------------------------------
+    def pin(self, version_id: int, pinned: bool) -> None:
+        with self._lock:
+            if pinned:
+                self._pins.add(version_id)
+            else:
+                self._pins.discard(version_id)
+            item = self._loaded.get(version_id)
+            if item is not None:
+                item.pinned = pinned
 
     def unload(self, version_id: int) -> bool:
         with self._lock:
-            hit = self._loaded.pop(version_id, None)
-        if hit is None:
+            item = self._loaded.pop(version_id, None)
+            self._pins.discard(version_id)
+        if item is None:
             return False
-        hit[1].predictor.unload()
+        self._retire(item)
         return True
 
     def loaded(self) -> list[LoadedInfo]:
         with self._lock:
-            return [info for info, _ in self._loaded.values()]
+            return [item.info() for item in self._loaded.values()]
+
+    def batchers(self) -> list[tuple[str, int, Batcher]]:
+        with self._lock:
+            return [(item.model, item.version, item.batcher) for item in self._loaded.values()]
 
     def close(self) -> None:
         with self._lock:
             items = list(self._loaded.values())
             self._loaded.clear()
-        for _, pipeline in items:
-            pipeline.predictor.unload()
+        for item in items:
+            item.pipeline.predictor.unload()

@@ -148,6 +148,21 @@ class PostprocessStep(BaseModel):
         return self
 
 
+class ServingConfig(BaseModel):
+    """How a version is served; every field falls back to the server's Settings when unset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int | None = Field(default=None, ge=1, le=65536)
+    """Most examples merged into one model call by the dynamic batcher (1 turns merging off)."""
+    max_wait_ms: float | None = Field(default=None, ge=0, le=1000)
+    """How long a request may wait for others to join its batch when the model is idle (0: never)."""
+    queue_limit: int | None = Field(default=None, ge=1, le=1_000_000)
+    """Most examples waiting for this version; past it requests get 429 with Retry-After."""
+    timeout_s: float | None = Field(default=None, gt=0, le=3600)
+    """Longest a request waits for its answer (queue + compute) before a 503."""
+
+
 class Lineage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -174,6 +189,7 @@ class Manifest(BaseModel):
     lineage: Lineage = Field(default_factory=Lineage)
     architecture: dict[str, Any] | None = None
     """For format ``torch``: the training spec's ``model`` section (``layers``) and ``input_shape``."""
+    serving: ServingConfig = Field(default_factory=ServingConfig)
     files: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("files")
@@ -211,6 +227,7 @@ class ManifestInput(BaseModel):
     description: str = Field(default="", max_length=10_000)
     lineage: Lineage = Field(default_factory=Lineage)
     architecture: dict[str, Any] | None = None
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
 
 def parse_manifest_input(raw: bytes | str | None) -> ManifestInput:

@@ -65,7 +65,7 @@ def version_metadata(name: str, version: str, ctx: Ctx, who: Caller) -> Response
 
 async def _ready(ctx: Ctx, who: Principal, name: str, version: str | None) -> Response:
     target = ctx.router.resolve(who, _ref(name, version))
-    await ctx.inference.pipeline_for(target)
+    await ctx.inference.load(target)
     return json_response({"name": target.model, "ready": True})
 
 
