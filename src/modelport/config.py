@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     batch_queue_limit: int = 16384
     """Default most examples queued per version before requests get 429 with Retry-After."""
 
+    inline_below_us: float = 300.0
+    """Model calls measured to take less than this (microseconds) run on the event loop instead of a
+    worker thread, where the hand-off would cost more than the call; 0 sends every call to a thread."""
+
     request_timeout_s: float = 30.0
     """Default longest wait of a prediction (queue + compute) before a 503."""
 

@@ -7,10 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.datastructures import State
+from starlette.types import Receive, Scope, Send
 
 from modelport import __version__
 from modelport.api import errors
 from modelport.api.context import AppContext
+from modelport.api.fastpath import FastPath
 from modelport.api.metrics import Metrics
 from modelport.api.middleware import EdgeMiddleware
 from modelport.api.routers import (
@@ -24,6 +27,8 @@ from modelport.api.routers import (
     v2,
     versions,
 )
+from modelport.api.routers import deployments as deployment_routes
+from modelport.api.routers import jobs as jobs_routes
 from modelport.api.routers import runtime as runtime_routes
 from modelport.auth.keys import KeyAuthenticator, ensure_admin_key
 from modelport.config import Settings
@@ -34,6 +39,23 @@ from modelport.serving.service import InferenceService
 from modelport.store.local import LocalBlobStore
 
 log = logging.getLogger("modelport")
+
+
+class ModelportApp:
+    """The ASGI application: the edge (request ids, body limits, metrics, the inference fast path, the
+    last-resort 500) in FRONT of the FastAPI app, so inference requests skip FastAPI's own per-request
+    layers entirely. ``state`` and ``api`` give tests and tools the FastAPI side."""
+
+    def __init__(self, api: FastAPI, edge: EdgeMiddleware) -> None:
+        self.api = api
+        self.edge = edge
+
+    @property
+    def state(self) -> State:
+        return self.api.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.edge(scope, receive, send)
 
 
 def open_home(settings: Settings) -> tuple[Database, LocalBlobStore]:
@@ -71,7 +93,7 @@ def _limit_for(settings: Settings):  # type: ignore[no-untyped-def]
     return limit
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings) -> ModelportApp:
     db, store = open_home(settings)
     ensure_admin_key(db, settings.admin_key)
     policy = BatchPolicy(
@@ -79,6 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
         max_wait_s=settings.batch_max_wait_ms / 1000,
         queue_limit=settings.batch_queue_limit,
         timeout_s=settings.request_timeout_s,
+        inline_below_s=settings.inline_below_us / 1e6,
     )
     metrics = Metrics()
     runtime = ModelRuntime(
@@ -97,7 +120,7 @@ def create_app(settings: Settings) -> FastAPI:
         keys=KeyAuthenticator(db),
         router=router,
         runtime=runtime,
-        inference=InferenceService(router, runtime, max_batch=settings.max_batch),
+        inference=InferenceService(router, runtime, max_batch=settings.max_batch, on_shadow=metrics.observe_shadow),
         metrics=metrics,
     )
 
@@ -124,12 +147,18 @@ def create_app(settings: Settings) -> FastAPI:
         permissions,
         predict,
         runtime_routes,
+        deployment_routes,
         v2,
         keys,
         audit,
+        jobs_routes,
     ):
         app.include_router(module.router)
-    app.add_middleware(
-        EdgeMiddleware, metrics=ctx.metrics, limit_for=_limit_for(settings), access_log=settings.access_log
+    edge = EdgeMiddleware(
+        app,
+        metrics=ctx.metrics,
+        limit_for=_limit_for(settings),
+        access_log=settings.access_log,
+        fast=FastPath(ctx),
     )
-    return app
+    return ModelportApp(app, edge)

@@ -155,6 +155,22 @@ class KeyAuthenticator:
         self._cache: dict[str, tuple[float, Principal | None, datetime | None]] = {}
         self._lock = threading.Lock()
 
+    def cached(self, key: str) -> Principal | None:
+        """The answer from the cache without touching the database: a Principal, Unauthenticated raised
+        for a key known to be bad, or None when the cache has no fresh answer (call authenticate)."""
+        if len(key) > 200:
+            raise Unauthenticated(reason="invalid API key")
+        with self._lock:
+            hit = self._cache.get(hash_key(key))
+        if hit is None or time.monotonic() - hit[0] > CACHE_TTL_S:
+            return None
+        _, principal, expires_at = hit
+        if principal is None:
+            raise Unauthenticated(reason="invalid or revoked API key")
+        if expires_at is not None and expires_at <= utcnow():
+            raise Unauthenticated(reason="this API key has expired")
+        return principal
+
     def authenticate(self, key: str | None) -> Principal:
         if not key:
             raise Unauthenticated()

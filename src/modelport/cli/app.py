@@ -15,13 +15,16 @@ from modelport import __version__
 from modelport.cli import (
     aliases,
     audit,
+    jobs,
     keys,
     models,
     perms,
     predict,
     serve,
+    train,
     upload,
     versions,
+    worker,
 )
 from modelport.cli.output import CliState, fail, report
 from modelport.errors import ModelportError
@@ -77,6 +80,10 @@ app.add_typer(versions.app, name="versions")
 app.add_typer(aliases.app, name="alias")
 app.add_typer(keys.app, name="keys")
 app.add_typer(perms.app, name="perms")
+app.command("train")(train.train)
+app.command("sweep")(train.sweep)
+app.command("worker")(worker.worker)
+app.add_typer(jobs.app, name="jobs")
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ def build_settings(
     database_url: str | None,
     no_auth: bool,
     log_level: str | None,
+    job_workers: int | None = None,
 ) -> Settings:
     """Settings from ``MODELPORT_*``, with every flag that was given taking precedence."""
     from pydantic import ValidationError
@@ -39,6 +40,7 @@ def build_settings(
         "home": home,
         "database_url": database_url,
         "log_level": log_level,
+        "job_workers": job_workers,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     if no_auth:
@@ -129,13 +131,17 @@ def serve(
         str | None,
         typer.Option(help=f"One of {', '.join(LOG_LEVELS)} [default: info]."),
     ] = None,
+    job_workers: Annotated[
+        int | None,
+        typer.Option(min=0, max=64, help="Job worker processes to run beside the API; 0: none [default: 1]."),
+    ] = None,
 ) -> None:
     """Run the Modelport server until Ctrl-C or SIGTERM.
 
     The first start creates the database and prints a one-time admin API key (unless
     MODELPORT_ADMIN_KEY gives one). A stop signal lets requests in flight finish, then exits 0.
     """
-    settings = build_settings(host, port, home, database_url, no_auth, log_level and log_level.lower())
+    settings = build_settings(host, port, home, database_url, no_auth, log_level and log_level.lower(), job_workers)
     if settings.log_level not in LOG_LEVELS:
         raise typer.BadParameter(f"use one of {', '.join(LOG_LEVELS)}", param_hint="--log-level")
     configure_logging(settings.log_level)
@@ -163,4 +169,11 @@ def run_server(settings: Settings) -> None:
         lifespan="on",
     )
     _install_signal_handlers()
-    _server_class()(config).run()
+    from modelport.jobs.worker import WorkerProcesses
+
+    workers = WorkerProcesses(settings, settings.job_workers)
+    workers.start()  # jobs never run in the API's process
+    try:
+        _server_class()(config).run()
+    finally:
+        workers.stop()

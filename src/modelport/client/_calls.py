@@ -388,3 +388,25 @@ class DownloadSink:
         if self.handle is not None:
             self.handle.close()
         self.tmp.unlink(missing_ok=True)
+
+
+# -- jobs ------------------------------------------------------------------------------------------
+def submit_job(kind: str, spec: Mapping[str, Any]) -> Call[JSON]:
+    return Call("POST", "/v1/jobs", body=encode_json({"kind": kind, "spec": dict(spec)}))
+
+
+def list_jobs(status: str | None, kind: str | None, parent: str | None, limit: int, offset: int) -> Call[JSON]:
+    params = {"status": status, "kind": kind, "parent": parent, "limit": limit, "offset": offset}
+    return Call("GET", "/v1/jobs", params=params)
+
+
+def get_job(job_id: str) -> Call[JSON]:
+    return Call("GET", f"/v1/jobs/{seg(job_id)}")
+
+
+def cancel_job(job_id: str) -> Call[JSON]:
+    return Call("POST", f"/v1/jobs/{seg(job_id)}/cancel")
+
+
+def job_logs(job_id: str, tail: int | None) -> Call[str]:
+    return Call("GET", f"/v1/jobs/{seg(job_id)}/logs", params={"tail": tail}, decode="text")

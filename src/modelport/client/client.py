@@ -19,6 +19,7 @@ import httpx
 
 from modelport.client import _calls as calls
 from modelport.client._calls import JSON, Call, DownloadSink
+from modelport.client._jobs import AsyncJobsMixin, JobsMixin
 from modelport.client.errors import connection_failed
 from modelport.errors import ModelExists
 
@@ -50,7 +51,7 @@ class _Base:
         return f"{type(self).__name__}(url={self.url!r})"  # never the key
 
 
-class Client(_Base):
+class Client(JobsMixin, _Base):
     """A synchronous client for one Modelport server.
 
     Usage::
@@ -272,7 +273,7 @@ class Client(_Base):
         return self._send(calls.audit(limit, actor, action, target, before_id))
 
 
-class AsyncClient(_Base):
+class AsyncClient(AsyncJobsMixin, _Base):
     """The asyncio twin of :class:`Client`: the same methods, awaited.
 
     Usage::

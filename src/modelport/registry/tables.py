@@ -152,3 +152,14 @@ class AuditRecord(Base):
     target: Mapped[str] = mapped_column(String(255), nullable=False)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
     client: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Deployment(Base):
+    """How a model's default reference (``name``) is served: a weighted split and an optional shadow."""
+
+    __tablename__ = "deployments"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    updated_by: Mapped[str] = mapped_column(String(63), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)

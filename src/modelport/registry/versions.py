@@ -17,12 +17,22 @@ from modelport.refs import DEFAULT_ALIAS, ModelRef, check_name
 from modelport.registry import audit
 from modelport.registry.db import Database
 from modelport.registry.models import load_model, visible_model
-from modelport.registry.tables import Alias, Model, Version, VersionFile
+from modelport.registry.tables import Alias, Deployment, Model, Version, VersionFile
 from modelport.registry.views import FileView, VersionView
 from modelport.store.bundle import Manifest, check_bundle_path
 
 MANIFEST_PATH = "modelport.json"
 VERSION_STATUSES = ("ready", "archived")
+
+
+def deployed_in(session: Session, model: Model, number: int) -> bool:
+    """Whether the model's deployment routes or shadows version ``number``."""
+    row = session.get(Deployment, model.id)
+    if row is None:
+        return False
+    config = row.config
+    shadow = config.get("shadow") or {}
+    return number in [r.get("version") for r in config.get("routes", [])] or shadow.get("version") == number
 
 
 def aliases_of(session: Session, version: Version) -> list[str]:
@@ -151,6 +161,8 @@ def update_version(
             aliases = aliases_of(s, version)
             if status == "archived" and aliases:
                 raise AliasInUse(model=model.name, version=number, aliases=aliases)
+            if status == "archived" and deployed_in(s, model, number):
+                raise AliasInUse(model=model.name, version=number, aliases=["(deployment)"])
             version.status = status
         if description is not None:
             version.description = description
@@ -180,6 +192,8 @@ def delete_version(
         aliases = aliases_of(s, version)
         if aliases:
             raise AliasInUse(model=model.name, version=number, aliases=aliases)
+        if deployed_in(s, model, number):
+            raise AliasInUse(model=model.name, version=number, aliases=["(deployment)"])
         version_id = version.id
         s.delete(version)
         audit.record(

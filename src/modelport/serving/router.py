@@ -1,21 +1,29 @@
-"""Reference -> version resolution and the read check, cached for a second.
+"""Reference -> version resolution, traffic split and shadow, and the read check, cached for a second.
 
-The hot path must not hit the database on every request; a moved alias, a revoked permission or a new
-version is seen within ``TTL_S`` on every process (each process keeps its own cache).
+The hot path must not hit the database on every request; a moved alias, a changed deployment, a revoked
+permission or a new version is seen within ``TTL_S`` on every process (each process keeps its own
+cache). A moved alias never fails a request: the old answer stays valid until the new one replaces it.
+
+A plain ``name`` follows the model's deployment when it has routes (weighted choice per request), else
+the ``production`` alias, else the latest ready version; ``name:3`` and ``name@alias`` are exact.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from dataclasses import dataclass
 
+from sqlalchemy.orm import Session
+
 from modelport.auth.principals import Principal
 from modelport.errors import Conflict, ModelNotFound
-from modelport.refs import parse_ref
-from modelport.registry import acl, versions
+from modelport.refs import ModelRef, parse_ref
+from modelport.registry import acl, deployments, versions
 from modelport.registry.db import Database
 from modelport.registry.models import load_model
+from modelport.registry.tables import Model, Version
 from modelport.store.bundle import Manifest
 
 TTL_S = 1.0
@@ -30,56 +38,128 @@ class Target:
     manifest: Manifest
 
 
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """Where a reference leads: one target, or several by weight; plus an optional shadow."""
+
+    targets: tuple[Target, ...]
+    weights: tuple[float, ...]
+    shadow: Target | None = None
+    shadow_share: float = 0.0
+
+    @property
+    def model_id(self) -> int:
+        return self.targets[0].model_id
+
+    @property
+    def model(self) -> str:
+        return self.targets[0].model
+
+    def pick(self) -> Target:
+        if len(self.targets) == 1:
+            return self.targets[0]
+        return random.choices(self.targets, weights=self.weights)[0]
+
+    def mirror(self) -> Target | None:
+        """The shadow target for this request, or None (``shadow_share`` of requests are mirrored)."""
+        if self.shadow is None or random.random() * 100 >= self.shadow_share:
+            return None
+        return self.shadow
+
+
 class Router:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._targets: dict[str, tuple[float, Target]] = {}
+        self._cache: dict[str, tuple[float, Resolution]] = {}
         self._roles: dict[tuple[str, int], tuple[float, str | None]] = {}
         self._manifests: dict[int, Manifest] = {}
         self._lock = threading.Lock()
 
-    def resolve(self, principal: Principal, ref_text: str) -> Target:
-        """The version ``ref_text`` names, if the principal may read its model (else ModelNotFound)."""
-        ref = parse_ref(ref_text)
-        key = str(ref)
+    # -- the hot path -----------------------------------------------------------------------------
+    def cached(self, principal: Principal, ref_text: str) -> Resolution | None:
+        """The answer from the caches alone (no database), or None when either is stale or missing."""
         now = time.monotonic()
         with self._lock:
-            hit = self._targets.get(key)
-        if hit is None or now - hit[0] > TTL_S:
-            target = self._lookup(principal, key)
-            with self._lock:
-                if len(self._targets) > 10_000:
-                    self._targets.clear()
-                self._targets[key] = (now, target)
-        else:
-            target = hit[1]
-        if self._role(principal, target.model_id, target.model, now) is None:
-            raise ModelNotFound(name=target.model)
-        return target
+            hit = self._cache.get(ref_text)
+            if hit is None or now - hit[0] > TTL_S:
+                return None
+            resolution = hit[1]
+            if principal.is_admin:
+                return resolution
+            role = self._roles.get((principal.name, resolution.model_id))
+        if role is None or now - role[0] > TTL_S:
+            return None
+        if role[1] is None:
+            raise ModelNotFound(name=resolution.model)
+        return resolution
 
-    def _lookup(self, principal: Principal, key: str) -> Target:
-        ref = parse_ref(key)
+    def route(self, principal: Principal, ref_text: str) -> Resolution:
+        """Resolve ``ref_text`` (may read the database: call off the event loop on a cache miss)."""
+        parse_ref(ref_text)  # validate before the text becomes a cache key
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(ref_text)
+        if hit is None or now - hit[0] > TTL_S:
+            resolution = self._lookup(principal, ref_text)
+            with self._lock:
+                if len(self._cache) > 10_000:
+                    self._cache.clear()
+                self._cache[ref_text] = (now, resolution)
+        else:
+            resolution = hit[1]
+        if self._role(principal, resolution.model_id, resolution.model, now) is None:
+            raise ModelNotFound(name=resolution.model)
+        return resolution
+
+    def resolve(self, principal: Principal, ref_text: str) -> Target:
+        """One target for ``ref_text`` (a weighted pick when the model splits traffic)."""
+        return self.route(principal, ref_text).pick()
+
+    # -- database lookups -------------------------------------------------------------------------
+    def _lookup(self, principal: Principal, ref_text: str) -> Resolution:
+        ref = parse_ref(ref_text)
         with self.db.read() as s:
             model = load_model(s, ref.name)
             if acl.role_of(s, principal, model) is None:
                 raise ModelNotFound(name=ref.name)  # before saying anything about its versions
-            model, version = versions.resolve(s, ref)
-            if version.status != "ready":
-                raise Conflict(
-                    message=f"version {version.number} of {model.name!r} is {version.status}; "
-                    "set its status to ready to serve it"
-                )
-            manifest = self._manifests.get(version.id)
-            if manifest is None:
-                manifest = Manifest.model_validate(version.manifest)
-                self._manifests[version.id] = manifest
-            return Target(
-                model_id=model.id,
-                model=model.name,
-                version_id=version.id,
-                version=version.number,
-                manifest=manifest,
+            if ref.version is None and ref.alias is None:
+                split = self._split(s, model)
+                if split is not None:
+                    return split
+            return Resolution(targets=(self._exact(s, ref),), weights=(1.0,))
+
+    def _exact(self, s: Session, ref: ModelRef) -> Target:
+        model, version = versions.resolve(s, ref)
+        return self._target(model, version)
+
+    def _split(self, s: Session, model: Model) -> Resolution | None:
+        config = deployments.config_of(s, model)
+        if config is None or (not config.routes and config.shadow is None):
+            return None
+        if config.routes:
+            targets = tuple(self._target(model, versions.load_version(s, model, r.version)) for r in config.routes)
+            weights = tuple(r.weight for r in config.routes)
+        else:
+            targets, weights = (self._exact(s, ModelRef(model.name)),), (1.0,)
+        shadow = None
+        if config.shadow is not None:
+            shadow = self._target(model, versions.load_version(s, model, config.shadow.version))
+        share = config.shadow.percent if config.shadow is not None else 0.0
+        return Resolution(targets=targets, weights=weights, shadow=shadow, shadow_share=share)
+
+    def _target(self, model: Model, version: Version) -> Target:
+        if version.status != "ready":
+            raise Conflict(
+                message=f"version {version.number} of {model.name!r} is {version.status}; "
+                "set its status to ready to serve it"
             )
+        manifest = self._manifests.get(version.id)
+        if manifest is None:
+            manifest = Manifest.model_validate(version.manifest)
+            self._manifests[version.id] = manifest
+        return Target(
+            model_id=model.id, model=model.name, version_id=version.id, version=version.number, manifest=manifest
+        )
 
     def _role(self, principal: Principal, model_id: int, model_name: str, now: float) -> str | None:
         if principal.is_admin:
@@ -100,5 +180,5 @@ class Router:
     def forget(self) -> None:
         """Drop cached answers (after a write in this process, so it is seen at once here)."""
         with self._lock:
-            self._targets.clear()
+            self._cache.clear()
             self._roles.clear()

@@ -6,16 +6,15 @@ every supported runtime holds the model in memory after load.
 
 Memory: before a load the runtime estimates the version's size from its files (x2, for the runtime's own
 copies), evicts least-recently-used unpinned versions until the estimate fits the budget, and refuses
-with a clear 503 when it cannot fit even then (instead of running out of memory). After the load it
-measures the process's resident-set growth and keeps the larger of estimate and measurement. A version
-evicted while requests are still running on it is unloaded when the last of them finishes.
+with a clear 503 when it cannot fit even then (instead of running out of memory). After the load the
+format's own estimate replaces it when larger. (Resident-set growth was tried and dropped: with loads
+running in parallel threads it charges one model for another's allocations.) A version evicted while
+requests are still running on it is unloaded when the last of them finishes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
-import os
 import shutil
 import threading
 from collections import OrderedDict
@@ -45,6 +44,7 @@ class BatchPolicy:
     max_wait_s: float
     queue_limit: int
     timeout_s: float
+    inline_below_s: float = 0.0
 
 
 @dataclass(eq=False)
@@ -75,16 +75,6 @@ class Loaded:
             free = self.evicted and self.in_flight == 0
         if free:
             self.pipeline.predictor.unload()
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 class ModelRuntime:
@@ -137,10 +127,8 @@ class ModelRuntime:
                 return hit
             estimate = 2 * sum(self._file_sizes(manifest))
             self._make_room(estimate)
-            before = rss_bytes()
             pipeline = self._load(manifest)
-            grown = max(0, rss_bytes() - before)
-            memory = max(estimate, grown, pipeline.predictor.memory_bytes)
+            memory = max(estimate, pipeline.predictor.memory_bytes)
             loaded = Loaded(
                 version_id,
                 model,
@@ -197,7 +185,6 @@ class ModelRuntime:
             idle = item.in_flight == 0
         if idle:
             item.pipeline.predictor.unload()
-        gc.collect()
 
     # -- loading ----------------------------------------------------------------------------------
     def _file_sizes(self, manifest: Manifest) -> list[int]:
@@ -233,6 +220,7 @@ class ModelRuntime:
             queue_limit=cfg.queue_limit or policy.queue_limit,
             timeout_s=cfg.timeout_s or policy.timeout_s,
             on_batch=observe,
+            inline_below_s=policy.inline_below_s,
         )
 
     # -- admin ------------------------------------------------------------------------------------

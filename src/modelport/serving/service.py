@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
+import numpy as np
 
 from modelport.auth.principals import Principal
 from modelport.formats.base import Tensors
 from modelport.serving.pipeline import Pipeline
-from modelport.serving.router import Router, Target
+from modelport.serving.router import Resolution, Router, Target
 from modelport.serving.runtime import Loaded, ModelRuntime
+
+log = logging.getLogger("modelport.serving")
+
+ShadowObserver = Callable[[str, int, str, float], None]
+"""(model, shadow version, outcome "agree" | "disagree" | "error", max |difference|)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,14 +32,39 @@ class Prediction:
 
 
 class InferenceService:
-    def __init__(self, router: Router, runtime: ModelRuntime, *, max_batch: int) -> None:
+    def __init__(
+        self,
+        router: Router,
+        runtime: ModelRuntime,
+        *,
+        max_batch: int,
+        on_shadow: ShadowObserver | None = None,
+    ) -> None:
         self.router = router
         self.runtime = runtime
         self.max_batch = max_batch
+        self.on_shadow = on_shadow
+        self._shadows: set[asyncio.Task[None]] = set()
 
     async def predict(self, principal: Principal, ref: str, inputs: Any) -> Prediction:
         """Resolve, check read permission, load (once), preprocess, run through the version's batcher."""
-        target = self.router.resolve(principal, ref)
+        resolution = await self.route(principal, ref)
+        target = resolution.pick()
+        prediction = await self.run(target, inputs)
+        shadow = resolution.mirror()
+        if shadow is not None:
+            task = asyncio.get_running_loop().create_task(self._shadow(shadow, inputs, prediction))
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
+        return prediction
+
+    async def route(self, principal: Principal, ref: str) -> Resolution:
+        resolution = self.router.cached(principal, ref)
+        if resolution is None:  # a cache miss reads the database: off the event loop
+            resolution = await anyio.to_thread.run_sync(self.router.route, principal, ref)
+        return resolution
+
+    async def run(self, target: Target, inputs: Any) -> Prediction:
         loaded = await self.acquire(target)
         try:
             arrays, single = loaded.pipeline.prepare(inputs, max_batch=self.max_batch)
@@ -53,3 +87,23 @@ class InferenceService:
         loaded = await self.acquire(target)
         loaded.release()
         return loaded
+
+    async def _shadow(self, shadow: Target, inputs: Any, primary: Prediction) -> None:
+        """Run the shadow version on the same inputs; compare, count, log; never return its answer."""
+        try:
+            mirrored = await self.run(shadow, inputs)
+            ours, _ = primary.pipeline.postprocess(primary.outputs)
+            theirs, _ = mirrored.pipeline.postprocess(mirrored.outputs)
+            a = np.asarray(next(iter(ours.values())), dtype=np.float64)
+            b = np.asarray(next(iter(theirs.values())), dtype=np.float64)
+            if a.shape != b.shape:
+                outcome, diff = "disagree", float("inf")
+            else:
+                diff = float(np.max(np.abs(a - b))) if a.size else 0.0
+                same = a.ndim < 2 or bool((a.argmax(-1) == b.argmax(-1)).all())
+                outcome = "agree" if same else "disagree"
+        except Exception as exc:  # noqa: BLE001 - a failing shadow must never affect the caller
+            log.warning("shadow %s:%d failed: %s", shadow.model, shadow.version, type(exc).__name__)
+            outcome, diff = "error", float("nan")
+        if self.on_shadow is not None:
+            self.on_shadow(shadow.model, shadow.version, outcome, diff)

@@ -17,6 +17,7 @@ Layers, as dicts with one kind key (options nested or as siblings) or bare strin
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -65,6 +66,33 @@ class Reshape(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], *self.shape)
+
+
+def build_python_module(ref: str, kwargs: Mapping[str, Any]) -> nn.Module:
+    """Instantiate ``package.module:ClassName(**kwargs)`` from an installed package.
+
+    This runs code named by the spec: the caller must have checked that the spec's author may do
+    so (``TrainSpec.uses_python_module``). Only an ``nn.Module`` subclass is accepted.
+    """
+    module_name, _, class_name = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise LayerSpecError(f"model.python: module {module_name[:100]!r} is not installed") from None
+    cls = getattr(module, class_name, None)
+    if not isinstance(cls, type) or not issubclass(cls, nn.Module):
+        raise LayerSpecError(f"model.python: {ref[:200]!r} is not an nn.Module class")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise LayerSpecError(f"model.python: {class_name}(**kwargs) failed: {str(exc)[:200]}") from None
+
+
+def first_layer_kind(layers: Sequence[Any]) -> str:
+    """The kind of the first layer ('dense', 'conv2d', 'activation', ...); raises LayerSpecError."""
+    if not layers:
+        raise LayerSpecError("layers must be a non-empty list")
+    return _kind(layers[0], "layers[0]")[0]
 
 
 def build_network(layers: Sequence[Any], input_shape: Sequence[int]) -> nn.Sequential:

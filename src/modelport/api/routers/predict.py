@@ -1,13 +1,20 @@
-"""POST /v1/models/{ref}/predict: raw examples in (JSON or raw tensors), decoded outputs out."""
+"""POST /v1/models/{ref}/predict: raw examples in (JSON or raw tensors), decoded outputs out.
+
+``answer()`` is the whole request after authentication; the FastAPI route below (which documents the
+endpoint in OpenAPI) and the lean fast path in ``api/fastpath.py`` (which serves it) both call it.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from modelport.api.context import AppContext
 from modelport.api.deps import Caller, Ctx
+from modelport.auth.principals import Principal
 from modelport.errors import ModelportError, UnsupportedMediaType
 from modelport.serving.protocols import native, raw
 
@@ -35,10 +42,50 @@ PREDICT_BODY = {
 }
 
 
-def require_json(request: Request) -> None:
-    content_type = request.headers.get("content-type", "application/json")
-    if not content_type.startswith("application/json"):
+@dataclass(frozen=True, slots=True)
+class Answer:
+    body: bytes
+    media_type: str
+    headers: dict[str, str]
+
+
+def require_json(content_type: str | None) -> None:
+    if content_type is not None and not content_type.startswith("application/json"):
         raise UnsupportedMediaType(expected="application/json")
+
+
+async def answer(
+    ctx: AppContext,
+    who: Principal,
+    ref: str,
+    body: bytes,
+    *,
+    content_type: str | None,
+    accept: str | None,
+    tensor_shape: str | None,
+    tensor_dtype: str | None,
+) -> Answer:
+    """Parse (JSON or raw), predict through the service, and encode the answer the caller asked for."""
+    content_type = content_type or "application/json"
+    is_raw = content_type.startswith(raw.MEDIA_TYPE)
+    if not is_raw and not content_type.startswith("application/json"):
+        raise UnsupportedMediaType(expected="application/json or application/octet-stream")
+    inputs = raw.parse(body, tensor_shape, tensor_dtype) if is_raw else native.parse_body(body)
+    started = time.perf_counter()
+    try:
+        prediction = await ctx.inference.predict(who, ref, inputs)
+    except ModelportError:
+        ctx.metrics.observe_prediction(ref.split(":")[0].split("@")[0][:63], None, 0.0, ok=False)
+        raise
+    if accept is not None and raw.MEDIA_TYPE in accept:
+        payload, headers = raw.render(prediction)
+        result = Answer(payload, raw.MEDIA_TYPE, headers)
+    else:
+        result = Answer(native.render(prediction), "application/json", {})
+    ctx.metrics.observe_prediction(
+        prediction.target.model, prediction.target.version, time.perf_counter() - started, ok=True
+    )
+    return result
 
 
 @router.post(
@@ -47,27 +94,15 @@ def require_json(request: Request) -> None:
     openapi_extra=PREDICT_BODY,
 )
 async def predict(ref: str, request: Request, ctx: Ctx, who: Caller) -> Response:
-    content_type = request.headers.get("content-type", "application/json")
-    is_raw = content_type.startswith(raw.MEDIA_TYPE)
-    if not is_raw and not content_type.startswith("application/json"):
-        raise UnsupportedMediaType(expected="application/json or application/octet-stream")
-    body = await request.body()
-    if is_raw:
-        inputs = raw.parse(body, request.headers.get("x-tensor-shape"), request.headers.get("x-tensor-dtype"))
-    else:
-        inputs = native.parse_body(body)
-    started = time.perf_counter()
-    try:
-        prediction = await ctx.inference.predict(who, ref, inputs)
-    except ModelportError:
-        ctx.metrics.predictions.labels(ref.split(":")[0].split("@")[0][:63], "-", "error").inc()
-        raise
-    if raw.MEDIA_TYPE in request.headers.get("accept", ""):
-        payload, headers = raw.render(prediction)
-        response = Response(payload, media_type=raw.MEDIA_TYPE, headers=headers)
-    else:
-        response = Response(native.render(prediction), media_type="application/json")
-    ctx.metrics.observe_prediction(
-        prediction.target.model, prediction.target.version, time.perf_counter() - started, ok=True
+    headers = request.headers
+    result = await answer(
+        ctx,
+        who,
+        ref,
+        await request.body(),
+        content_type=headers.get("content-type"),
+        accept=headers.get("accept"),
+        tensor_shape=headers.get("x-tensor-shape"),
+        tensor_dtype=headers.get("x-tensor-dtype"),
     )
-    return response
+    return Response(result.body, media_type=result.media_type, headers=result.headers)

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from modelport import __version__
+from modelport.api.context import AppContext
 from modelport.api.deps import Caller, Ctx
 from modelport.api.routers._json import json_response
 from modelport.api.routers.predict import require_json
@@ -79,11 +80,19 @@ async def version_ready(name: str, version: str, ctx: Ctx, who: Caller) -> Respo
     return await _ready(ctx, who, name, version)
 
 
-async def _infer(ctx: Ctx, who: Principal, request: Request, name: str, version: str | None) -> Response:
-    require_json(request)
-    arrays, request_id, wanted = v2.parse_infer(await request.body())
+async def answer_infer(
+    ctx: AppContext, who: Principal, name: str, version: str | None, body: bytes, content_type: str | None
+) -> bytes:
+    """A whole V2 infer request after authentication (shared with the fast path)."""
+    require_json(content_type)
+    arrays, request_id, wanted = v2.parse_infer(body)
     prediction = await ctx.inference.predict(who, _ref(name, version), arrays)
-    return Response(v2.render_infer(prediction, request_id, wanted), media_type="application/json")
+    return v2.render_infer(prediction, request_id, wanted)
+
+
+async def _infer(ctx: Ctx, who: Principal, request: Request, name: str, version: str | None) -> Response:
+    body = await answer_infer(ctx, who, name, version, await request.body(), request.headers.get("content-type"))
+    return Response(body, media_type="application/json")
 
 
 @router.post("/models/{name}/infer", summary="Infer with the default version")

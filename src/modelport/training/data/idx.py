@@ -66,3 +66,22 @@ def _find(folder: Path, stem: str) -> Path:
         if candidate.is_file():
             return candidate
     raise InvalidArtifact(message=f"MNIST file {stem}[.gz] not found in the data folder")
+
+
+def find_mnist_files(folder: Path) -> list[Path]:
+    """The standard MNIST file names present in ``folder`` (gzip or not), for hashing the data set."""
+    found: list[Path] = []
+    for stem in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        found.extend(c for c in (folder / f"{stem}.gz", folder / stem) if c.is_file())
+    return found
+
+
+def has_test_split(folder: Path) -> bool:
+    """True when both t10k files are present (a folder without them has no test split of its own)."""
+    names = {p.name.removesuffix(".gz") for p in find_mnist_files(folder)}
+    return {"t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"} <= names

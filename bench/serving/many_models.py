@@ -1,0 +1,149 @@
+"""RSW-1 with many models: request A spread over 20 copies of the MLP, against the same server serving
+one, then again with a memory budget that fits only 5 of them (expected: slower, never failing).
+
+    .venv/bin/python bench/serving/many_models.py [--work /tmp/serving-bench] [--seconds 10]
+
+Needs the harness's model and bodies (run bench/serving/run.sh once, or its train.py/make_bodies.py).
+Server pinned to core 0, wrk to core 1, 64 connections, as in RSW-1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+KEY = "mp_many-models-benchmark-key-0123456789abcdefghij"
+REPO = Path(__file__).resolve().parents[2]
+LUA = """
+local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
+local body = f:read("*a")
+f:close()
+local n = tonumber(os.getenv("MODELS"))
+local i = 0
+request = function()
+  i = i + 1
+  local path = "/v1/models/m" .. (i % n) .. "/predict"
+  return wrk.format("POST", path, {["Content-Type"] = "application/json",
+                                  ["Authorization"] = "Bearer " .. os.getenv("KEY")}, body)
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(home: Path, port: int, budget: int | None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "MODELPORT_HOME": str(home), "MODELPORT_ADMIN_KEY": KEY, "MODELPORT_JOB_WORKERS": "0"}
+    if budget is not None:
+        env["MODELPORT_MEMORY_BUDGET_BYTES"] = str(budget)
+    cmd = [
+        "taskset",
+        "-c",
+        "0",
+        str(REPO / ".venv/bin/modelport"),
+        "serve",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    sys.exit("server did not start")
+
+
+def wrk(port: int, models: int, body: Path, seconds: int, script: Path) -> dict[str, float]:
+    env = {**os.environ, "BODY_FILE": str(body), "MODELS": str(models), "KEY": KEY}
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            "-c64",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}/",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: .*", out)
+    return {"rps": rps, "non2xx": float(non2xx.group(1)) if non2xx else 0.0, "socket_errors": 1.0 if errors else 0.0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path(os.environ.get("WORK", "/tmp/serving-bench")))
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--models", type=int, default=20)
+    args = parser.parse_args()
+    onnx = (args.work / "models" / "mlp.onnx").read_bytes()
+    body = args.work / "bodies" / "inputs_A.json"
+    tmp = Path(tempfile.mkdtemp())
+    script = tmp / "many.lua"
+    script.write_text(LUA)
+    home = tmp / "home"
+    port = free_port()
+    proc = start(home, port, None)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60) as c:
+        for i in range(args.models):
+            c.post("/v1/models", json={"name": f"m{i}"})
+            c.post(f"/v1/models/m{i}/versions", files=[("file", ("mlp.onnx", onnx, "application/octet-stream"))])
+    results = {}
+    for label, n in (("1 model", 1), (f"{args.models} models", args.models)):
+        wrk(port, n, body, 2, script)  # warm-up (loads the models)
+        results[label] = wrk(port, n, body, args.seconds, script)
+    proc.terminate()
+    proc.wait()
+    per_model = 2 * len(onnx)  # the runtime's estimate for one version: twice its files
+    budget = 5 * per_model + per_model // 2
+    proc = start(home, port, budget)
+    wrk(port, args.models, body, 2, script)
+    results[f"{args.models} models, budget fits 5"] = wrk(port, args.models, body, args.seconds, script)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers) as c:
+        loaded = len(c.get("/v1/runtime", timeout=120).json()["loaded"])
+    proc.terminate()
+    proc.wait()
+    shutil.rmtree(tmp, ignore_errors=True)
+    one = results["1 model"]["rps"]
+    print("| setting | req/s | vs 1 model | non-2xx | socket errors |")
+    print("|---|---:|---:|---:|---:|")
+    for label, r in results.items():
+        print(f"| {label} | {r['rps']:,.0f} | {r['rps'] / one:.2f} | {r['non2xx']:.0f} | {r['socket_errors']:.0f} |")
+    print(f"\nloaded at the end with the budget: {loaded} versions (budget {budget} bytes)")
+    many = results[f"{args.models} models"]["rps"]
+    budget_run = results[f"{args.models} models, budget fits 5"]
+    print(f"floor: {args.models} models within 20% of one: {'PASS' if many >= 0.8 * one else 'FAIL'}")
+    print(f"floor: budget run has no failed request: {'PASS' if budget_run['non2xx'] == 0 else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Job kinds: what a job of each kind checks at submit time and does on a worker.
+
+A kind is a small object with two verbs, called in this order::
+
+    prepared = kind.prepare(spec, principal, settings)   # API process: validate; 400 names the field
+    result = kind.run(claimed, env)                      # worker process: do the work, return the result
+
+``run`` reports events through ``env.report``, polls ``env.should_stop`` (cancel or shutdown) and
+raises ``JobStopped`` when it stops early. Example of a kind::
+
+    class Echo:
+        name = "echo"
+
+        def prepare(self, spec, principal, settings):
+            return Prepared(spec=spec, target="echo")
+
+        def run(self, job, env):
+            env.report({"type": "log", "message": "hello"})
+            return {"echo": job.spec}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+from sqlalchemy import select
+
+from modelport.auth.principals import Principal
+from modelport.config import Settings
+from modelport.errors import BadRequest, InvalidJobSpec, ModelExists, PermissionDenied
+from modelport.refs import check_name
+from modelport.registry import aliases, models, uploads
+from modelport.registry.db import Database
+from modelport.registry.tables import Model
+from modelport.registry.uploads import UploadedFile
+from modelport.store.local import LocalBlobStore
+
+if TYPE_CHECKING:
+    from modelport.jobs.queue import Claimed
+    from modelport.training.spec import TrainSpec
+
+Event = dict[str, Any]
+KIND_NAMES = ("train", "sweep")
+OUTCOME_FILE = "outcome.json"
+"""What a sweep's trial leaves in its folder for the sweep to register: manifest, metrics, bundle."""
+
+
+class JobStopped(Exception):
+    """The job stopped early because ``should_stop`` said so (cancel, shutdown or a lost lease)."""
+
+
+class JobFailed(Exception):
+    """The job cannot produce a result; the message says why and is shown to the caller."""
+
+
+@dataclass(frozen=True, slots=True)
+class Trial:
+    spec: dict[str, Any]
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    spec: dict[str, Any]
+    """What is stored and later handed to ``run``."""
+    target: str
+    """The model the result is registered to (the submitter must be able to write it)."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    trials: list[Trial] = field(default_factory=list)
+    """For a sweep: the child jobs to queue with it."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnv:
+    db: Database
+    store: LocalBlobStore
+    settings: Settings
+    workdir: Path
+    """``MODELPORT_HOME/jobs/<job id>``: checkpoints and bundles; kept across attempts, so runs resume."""
+    report: Callable[[Event], None]
+    should_stop: Callable[[], bool]
+
+
+class JobKind(Protocol):
+    name: str
+
+    def prepare(self, spec: dict[str, Any], principal: Principal, settings: Settings) -> Prepared: ...
+
+    def run(self, job: Claimed, env: RunEnv) -> dict[str, Any]: ...
+
+
+def get(kind: str) -> JobKind:
+    """The kind named ``kind``, or a 400 listing the kinds there are."""
+    if kind == "train":
+        return TrainKind()
+    if kind == "sweep":
+        from modelport.jobs.sweep import SweepKind  # sweep builds on this module
+
+        return SweepKind()
+    raise BadRequest(message=f"job kind must be one of {', '.join(KIND_NAMES)}")
+
+
+def workdir_of(settings: Settings, job_id: str) -> Path:
+    """The job's folder; ``job_id`` is a server-made uuid, checked again here before it names a path."""
+    from modelport.jobs.queue import canonical_id
+
+    return settings.jobs_dir.resolve() / canonical_id(job_id)
+
+
+# -- train specs -----------------------------------------------------------------------------------
+def check_train_spec(raw: Any, principal: Principal, settings: Settings, *, where: str = "spec") -> TrainSpec:
+    """Validate a training spec and what it may touch: data paths and python modules."""
+    from modelport.training.spec import SpecError, load_spec
+
+    if not isinstance(raw, dict):
+        raise InvalidJobSpec(field=where, problem="must be a mapping with name, data, model and train")
+    try:
+        spec = load_spec(raw)
+    except SpecError as exc:
+        if where == "spec":
+            raise
+        raise InvalidJobSpec(field=where, problem=exc.message.removeprefix("invalid training spec: ")) from None
+    if spec.uses_python_module and not principal.is_admin:
+        raise PermissionDenied(action="import a python module (model.python) in", target="a job (admins only)")
+    if spec.data.source == "dataset":
+        raise InvalidJobSpec(field=f"{where}.data.source", problem="registered datasets are not available yet")
+    if spec.data.path is not None:
+        check_data_path(spec.data.path, principal, settings)
+    check_name(target_of(spec))
+    if spec.registration is not None and spec.registration.alias:
+        check_name(spec.registration.alias, kind="alias")
+    return spec
+
+
+def check_data_path(path: str, principal: Principal, settings: Settings) -> None:
+    """Members read data only under ``job_data_dirs``; admins anywhere (paths as the worker sees them)."""
+    if principal.is_admin:
+        return
+    resolved = Path(path).resolve()
+    if not any(resolved.is_relative_to(root.resolve()) for root in settings.job_data_dirs):
+        raise PermissionDenied(
+            action="read training data from",
+            target="that path (allowed: the server's job_data_dirs, or a builtin set)",
+        )
+
+
+def target_of(spec: TrainSpec) -> str:
+    return spec.registration.model if spec.registration is not None else spec.name
+
+
+def check_target(db: Database, principal: Principal, model: str) -> None:
+    """Fail at submit time when the result could not be registered: the model exists and is not writable."""
+    with db.read() as s:
+        if s.scalar(select(Model.id).where(Model.name == model)) is not None:
+            models.visible_model(s, principal, model, "write")  # 404 if unreadable, 403 if read-only
+
+
+# -- registration ----------------------------------------------------------------------------------
+def register_bundle(
+    env: RunEnv,
+    owner: Principal,
+    *,
+    job_id: str,
+    bundle_dir: Path,
+    manifest: dict[str, Any],
+    model: str,
+    alias: str | None,
+    transform: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Register a trained bundle as a new version of ``model`` as ``owner`` (model created if missing)."""
+    with contextlib.suppress(ModelExists):
+        models.create_model(env.db, owner, name=model, client=f"job:{job_id}")
+    lineage = {**manifest.get("lineage", {}), "job": job_id}
+    if transform is not None:
+        lineage["transform"] = transform
+    given = orjson.dumps({**manifest, "lineage": lineage}, option=orjson.OPT_SERIALIZE_NUMPY)
+    paths = sorted(p for p in bundle_dir.rglob("*") if p.is_file())
+    handles = [open(p, "rb") for p in paths]  # noqa: SIM115 - closed below
+    try:
+        files = [
+            UploadedFile(filename=p.relative_to(bundle_dir).as_posix(), stream=h)
+            for p, h in zip(paths, handles, strict=True)
+        ]
+        version = uploads.create_version(env.db, env.store, owner, model, files, given, client=f"job:{job_id}")
+    finally:
+        for handle in handles:
+            handle.close()
+    if alias:
+        aliases.set_alias(env.db, owner, model, alias, version.version, client=f"job:{job_id}")
+    return {"model": model, "version": version.version, "alias": alias}
+
+
+class TrainKind:
+    """``train``: run ``training.run.run_training`` on the spec, then register the bundle."""
+
+    name = "train"
+
+    def prepare(self, spec: dict[str, Any], principal: Principal, settings: Settings) -> Prepared:
+        checked = check_train_spec(spec, principal, settings)
+        return Prepared(spec=spec, target=target_of(checked))
+
+    def run(self, job: Claimed, env: RunEnv) -> dict[str, Any]:
+        from modelport.training.run import TrainingCancelled, run_training
+
+        spec = check_train_spec(job.spec, job.owner, env.settings)
+        try:
+            outcome = run_training(spec, workdir=env.workdir, report=env.report, should_stop=env.should_stop)
+        except TrainingCancelled:
+            raise JobStopped() from None
+        bundle = _keep_bundle(outcome.bundle_dir, env.workdir)
+        metrics = {k: v for k, v in outcome.metrics.items() if isinstance(v, int | float | str | None)}
+        if job.parent_id is not None:  # a sweep's trial: the sweep registers only its best trial
+            kept = {
+                "manifest": outcome.manifest,
+                "metrics": metrics,
+                "bundle": bundle.relative_to(env.workdir).as_posix(),
+            }
+            (env.workdir / OUTCOME_FILE).write_bytes(orjson.dumps(kept, option=orjson.OPT_SERIALIZE_NUMPY))
+            return {"metrics": metrics}
+        if env.should_stop():
+            raise JobStopped()
+        registration = spec.registration
+        done = register_bundle(
+            env,
+            job.owner,
+            job_id=job.id,
+            bundle_dir=bundle,
+            manifest=outcome.manifest,
+            model=target_of(spec),
+            alias=registration.alias if registration else None,
+        )
+        return {**done, "metrics": metrics}
+
+
+def _keep_bundle(bundle_dir: Path, workdir: Path) -> Path:
+    """The bundle inside the job's folder (copied there if the trainer wrote it elsewhere)."""
+    if bundle_dir.resolve().is_relative_to(workdir.resolve()):
+        return bundle_dir
+    target = workdir / "bundle"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(bundle_dir, target)
+    return target
