@@ -147,6 +147,15 @@ def ensure_admin_key(db: Database, given: str | None) -> str | None:
     return secret
 
 
+def _verdict(hit: tuple[float, Principal | None, datetime | None]) -> Principal:
+    _, principal, expires_at = hit
+    if principal is None:
+        raise Unauthenticated(reason="invalid or revoked API key")
+    if expires_at is not None and expires_at <= utcnow():
+        raise Unauthenticated(reason="this API key has expired")
+    return principal
+
+
 class KeyAuthenticator:
     """Turns a bearer key into a Principal; caches answers for CACHE_TTL_S to keep the hot path cheap."""
 
@@ -164,12 +173,7 @@ class KeyAuthenticator:
             hit = self._cache.get(hash_key(key))
         if hit is None or time.monotonic() - hit[0] > CACHE_TTL_S:
             return None
-        _, principal, expires_at = hit
-        if principal is None:
-            raise Unauthenticated(reason="invalid or revoked API key")
-        if expires_at is not None and expires_at <= utcnow():
-            raise Unauthenticated(reason="this API key has expired")
-        return principal
+        return _verdict(hit)
 
     def authenticate(self, key: str | None) -> Principal:
         if not key:
@@ -186,12 +190,7 @@ class KeyAuthenticator:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
                 self._cache[digest] = hit
-        _, principal, expires_at = hit
-        if principal is None:
-            raise Unauthenticated(reason="invalid or revoked API key")
-        if expires_at is not None and expires_at <= utcnow():
-            raise Unauthenticated(reason="this API key has expired")
-        return principal
+        return _verdict(hit)
 
     def _lookup(self, digest: str) -> tuple[Principal | None, datetime | None]:
         with self.db.read() as s:

@@ -14,7 +14,7 @@ import numpy as np
 
 from modelport.errors import InvalidInput
 from modelport.formats.base import Predictor, Tensors
-from modelport.store.bundle import Manifest, Normalize, TensorSpec
+from modelport.store.bundle import Manifest, TensorSpec
 
 NUMPY_DTYPES: dict[str, Any] = {
     "float32": np.float32,
@@ -125,7 +125,7 @@ class Pipeline:
             elif step.shift is not None:
                 arr = arr + step.shift
             elif step.normalize is not None:
-                arr = _normalize(arr, step.normalize)
+                arr = normalize_array(arr, step.normalize.mean, step.normalize.std)
             elif step.reshape is not None:
                 arr = arr.reshape(arr.shape[0], *step.reshape)
         return arr
@@ -225,19 +225,23 @@ def _first_leaf(value: list[Any]) -> Any:
     return leaf
 
 
-def _normalize(arr: np.ndarray, norm: Normalize) -> np.ndarray:
-    mean = np.asarray(norm.mean, dtype=np.float64)
-    std = np.asarray(norm.std, dtype=np.float64)
-    if mean.ndim == 0 and std.ndim == 0:
-        return (arr - mean) / std
-    n = max(mean.size, std.size)
+def normalize_array(arr: np.ndarray, mean: float | list[float], std: float | list[float]) -> np.ndarray:
+    """(x - mean) / std with scalars, per-channel (dim 1 of N,C,...) or per-feature (last dim) values.
+
+    Training applies its ``normalize`` steps with this same function, so serving sees the same numbers.
+    """
+    m = np.asarray(mean, dtype=np.float64)
+    sd = np.asarray(std, dtype=np.float64)
+    if m.ndim == 0 and sd.ndim == 0:
+        return (arr - m) / sd
+    n = max(m.size, sd.size)
     if arr.ndim > 2 and arr.shape[1] == n:
         shape = (1, n) + (1,) * (arr.ndim - 2)
     elif arr.shape[-1] == n:
         shape = (1,) * (arr.ndim - 1) + (n,)
     else:
         raise InvalidInput(message=f"normalize has {n} means/stds, which fits neither the channels nor features")
-    return (arr - mean.reshape(shape)) / std.reshape(shape)
+    return (arr - m.reshape(shape)) / sd.reshape(shape)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

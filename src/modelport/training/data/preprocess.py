@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from modelport.errors import BadRequest
+from modelport.serving.pipeline import normalize_array
 from modelport.training.spec import PreprocessStep
 
 Step = dict[str, Any]
@@ -87,25 +88,10 @@ def _apply(steps: Sequence[Step], arr: np.ndarray) -> np.ndarray:
         elif "shift" in step:
             out = out + step["shift"]
         elif "normalize" in step:
-            out = _normalize(out, step["normalize"])
+            out = normalize_array(out, step["normalize"]["mean"], step["normalize"]["std"])
         elif "reshape" in step:
             out = out.reshape(out.shape[0], *step["reshape"])
     return out.astype(np.float32)
-
-
-def _normalize(arr: np.ndarray, norm: dict[str, Any]) -> np.ndarray:
-    """(x - mean) / std with scalars, per-channel (dim 1 of N,C,...) or per-feature (last dim) values."""
-    mean, std = np.asarray(norm["mean"], dtype=np.float64), np.asarray(norm["std"], dtype=np.float64)
-    if mean.ndim == 0 and std.ndim == 0:
-        return (arr - mean) / std
-    n = max(mean.size, std.size)
-    if arr.ndim > 2 and arr.shape[1] == n:
-        shape = (1, n) + (1,) * (arr.ndim - 2)
-    elif arr.shape[-1] == n:
-        shape = (1,) * (arr.ndim - 1) + (n,)
-    else:
-        raise BadRequest(message=f"normalize has {n} means/stds, which fits neither the channels nor the features")
-    return (arr - mean.reshape(shape)) / std.reshape(shape)
 
 
 def _moments(x: np.ndarray) -> tuple[list[float], list[float]]:
