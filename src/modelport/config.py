@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     port: int = 8000
     """Port `modelport serve` listens on."""
 
+    workers: int = Field(default=1, ge=1, le=256)
+    """API processes `modelport serve` runs on the one port; each has its own loaded models."""
+
     admin_key: str | None = None
     """Admin API key to install at first start; when unset a random one is printed once."""
 

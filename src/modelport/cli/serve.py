@@ -28,6 +28,7 @@ def build_settings(
     no_auth: bool,
     log_level: str | None,
     job_workers: int | None = None,
+    workers: int | None = None,
 ) -> Settings:
     """Settings from ``MODELPORT_*``, with every flag that was given taking precedence."""
     from pydantic import ValidationError
@@ -41,6 +42,7 @@ def build_settings(
         "database_url": database_url,
         "log_level": log_level,
         "job_workers": job_workers,
+        "workers": workers,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     if no_auth:
@@ -135,22 +137,41 @@ def serve(
         int | None,
         typer.Option(min=0, max=64, help="Job worker processes to run beside the API; 0: none [default: 1]."),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=256, help="API processes sharing the port (each loads its own models) [default: 1]."),
+    ] = None,
 ) -> None:
     """Run the Modelport server until Ctrl-C or SIGTERM.
 
     The first start creates the database and prints a one-time admin API key (unless
     MODELPORT_ADMIN_KEY gives one). A stop signal lets requests in flight finish, then exits 0.
     """
-    settings = build_settings(host, port, home, database_url, no_auth, log_level and log_level.lower(), job_workers)
+    settings = build_settings(
+        host, port, home, database_url, no_auth, log_level and log_level.lower(), job_workers, workers
+    )
     if settings.log_level not in LOG_LEVELS:
         raise typer.BadParameter(f"use one of {', '.join(LOG_LEVELS)}", param_hint="--log-level")
     configure_logging(settings.log_level)
     run_server(settings)
 
 
+def _single_config(settings: Settings, app: Any) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=settings.graceful_timeout,
+        lifespan="on",
+    )
+
+
 def run_server(settings: Settings) -> None:
     """Bootstrap the data home, print a new admin key once, then serve until a stop signal."""
-    import uvicorn
 
     from modelport.api.app import bootstrap, create_app
 
@@ -159,21 +180,17 @@ def run_server(settings: Settings) -> None:
         typer.echo(f"Admin API key (shown once, store it now): {admin_key}")
     if not settings.auth:
         typer.secho("warning: authentication is OFF; every caller is an admin", fg="yellow", err=True)
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=settings.graceful_timeout,
-        lifespan="on",
-    )
     _install_signal_handlers()
     from modelport.jobs.worker import WorkerProcesses
 
     workers = WorkerProcesses(settings, settings.job_workers)
     workers.start()  # jobs never run in the API's process
     try:
-        _server_class()(config).run()
+        if settings.workers > 1:
+            from modelport.cli import serve_workers
+
+            serve_workers.run(settings, settings.workers)
+        else:
+            _server_class()(_single_config(settings, create_app(settings))).run()
     finally:
         workers.stop()

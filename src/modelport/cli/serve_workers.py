@@ -1,0 +1,92 @@
+"""``modelport serve --workers N``: N API processes sharing one listening socket.
+
+The parent binds the socket, bootstraps the home (migrations, admin key, temp clean-up) once, then
+spawns N processes that each build their own app (their own model runtime and caches) and accept on the
+shared socket; the kernel spreads connections between them. Settings travel to the children as the
+validated Settings JSON, not through environment variables. A stop signal to the parent is passed to
+every child, each of which drains its requests in flight (uvicorn's graceful shutdown), then the parent
+exits 0. Caches are per process and live one second, so a revoked key or a moved alias is seen by every
+process within a second.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import socket
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from modelport.config import Settings
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _child(settings_json: str, sock: socket.socket) -> None:
+    """One API process: its own app on the shared socket, until SIGTERM (then drain and exit)."""
+    import uvicorn
+
+    from modelport.api.app import create_app
+    from modelport.cli.serve import configure_logging
+    from modelport.config import Settings
+
+    settings = Settings.model_validate_json(settings_json)
+    configure_logging(settings.log_level)
+    config = uvicorn.Config(
+        create_app(settings),
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=settings.graceful_timeout,
+        lifespan="on",
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def run(settings: Settings, count: int) -> None:
+    """Serve with ``count`` API processes until SIGTERM/SIGINT; every child drains before the exit."""
+    sock = bind(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    ctx = multiprocessing.get_context("spawn")
+    children: list[BaseProcess] = [
+        ctx.Process(target=_child, args=(settings.model_dump_json(), sock), name=f"modelport-api-{i}")
+        for i in range(count)
+    ]
+    for child in children:
+        child.start()
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"Modelport listening on http://{shown}:{port} ({count} worker processes)")
+
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                child.terminate()  # SIGTERM: uvicorn drains requests in flight
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while not stopping and any(child.is_alive() for child in children):
+            for child in children:
+                child.join(timeout=0.5)
+    finally:
+        stop(signal.SIGTERM, None)
+        for child in children:
+            child.join(timeout=settings.graceful_timeout + 5)
+            if child.is_alive():
+                child.kill()
+        sock.close()
