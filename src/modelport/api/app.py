@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -126,6 +127,10 @@ def create_app(settings: Settings) -> ModelportApp:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Everything imported and built so far (FastAPI, SQLAlchemy, ONNX protobufs...) lives as long
+        # as the process: move it out of the collector's sight, so the full collections that request
+        # garbage triggers do not rescan it (they showed up as 10-80 ms stalls at the 99th percentile).
+        gc.freeze()
         yield
         ctx.draining = True
         runtime.close()

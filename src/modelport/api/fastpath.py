@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 
-import anyio.to_thread
 from starlette.types import Message, Receive, Scope, Send
 
 from modelport.api.context import AppContext
@@ -23,6 +22,7 @@ from modelport.api.routers.predict import answer
 from modelport.api.routers.v2 import answer_infer
 from modelport.auth.principals import ANONYMOUS_ADMIN, Principal
 from modelport.errors import ModelportError, TooManyRequests, Unauthenticated
+from modelport.serving.singleflight import SingleFlight
 
 PREDICT = re.compile(r"^/v1/models/([^/]+)/predict$")
 INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
@@ -58,6 +58,7 @@ async def _read_body(receive: Receive) -> bytes:
 class FastPath:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
+        self._keys: SingleFlight[Principal] = SingleFlight()
 
     async def principal(self, authorization: str | None) -> Principal:
         if not self.ctx.settings.auth:
@@ -71,7 +72,8 @@ class FastPath:
         cached = self.ctx.keys.cached(key)
         if cached is not None:
             return cached
-        return await anyio.to_thread.run_sync(self.ctx.keys.authenticate, key)
+        authenticate = self.ctx.keys.authenticate
+        return await self._keys.run(key, lambda: authenticate(key))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in WANTED}

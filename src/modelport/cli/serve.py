@@ -165,6 +165,7 @@ def _single_config(settings: Settings, app: Any) -> Any:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
+        proxy_headers=False,  # audit records the peer address; X-Forwarded-For is not trusted
         timeout_graceful_shutdown=settings.graceful_timeout,
         lifespan="on",
     )

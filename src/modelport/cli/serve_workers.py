@@ -48,6 +48,7 @@ def _child(settings_json: str, sock: socket.socket) -> None:
         create_app(settings),
         log_level=settings.log_level,
         access_log=False,
+        proxy_headers=False,  # audit records the peer address; X-Forwarded-For is not trusted
         timeout_graceful_shutdown=settings.graceful_timeout,
         lifespan="on",
     )

@@ -43,6 +43,10 @@ class Pipeline:
         self.inputs = manifest.signature.inputs
         reshape = next((p.reshape for p in manifest.preprocess if p.reshape is not None), None)
         self.raw_example_size = math.prod(reshape) if reshape else None
+        # per-example shapes with no free dimension, compared as one tuple on the hot path
+        self._fixed_tails = {
+            t.name: tuple(t.shape[1:]) for t in self.inputs if t.shape is not None and -1 not in t.shape[1:]
+        }
 
     # -- inputs ---------------------------------------------------------------------------------
     def prepare(self, inputs: Any, *, max_batch: int) -> tuple[Tensors, bool]:
@@ -133,8 +137,10 @@ class Pipeline:
     def _check_shape(self, spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
         if spec.shape is not None:
             expected = spec.shape
-            ok = len(expected) == arr.ndim and all(
-                e == -1 or e == a for e, a in zip(expected[1:], arr.shape[1:], strict=True)
+            tail = arr.shape[1:]
+            ok = len(expected) == arr.ndim and (
+                self._fixed_tails.get(spec.name) == tail
+                or all(e == -1 or e == a for e, a in zip(expected[1:], tail, strict=True))
             )
             if not ok:
                 raise InvalidInput(
@@ -184,9 +190,16 @@ class Pipeline:
 
     def _top(self, scores: np.ndarray, k: int, *, flat: bool) -> list[Any]:
         scores2d = scores.reshape(scores.shape[0], -1)
+        labels = self.manifest.labels
+        if flat:  # argmax: one pass, no sort
+            best = scores2d.argmax(axis=1).tolist()
+            values = scores2d[np.arange(len(best)), best].tolist()
+            return [
+                {"label": labels[i] if labels and i < len(labels) else str(i), "index": i, "score": _finite(v)}
+                for i, v in zip(best, values, strict=True)
+            ]
         k = min(k, scores2d.shape[1])
         idx = np.argsort(-scores2d, axis=1, kind="stable")[:, :k]
-        labels = self.manifest.labels
         result: list[Any] = []
         for row, order in zip(scores2d, idx, strict=True):
             items = [

@@ -16,6 +16,7 @@ from modelport.formats.base import Tensors
 from modelport.serving.pipeline import Pipeline
 from modelport.serving.router import Resolution, Router, Target
 from modelport.serving.runtime import Loaded, ModelRuntime
+from modelport.serving.singleflight import SingleFlight
 
 log = logging.getLogger("modelport.serving")
 
@@ -45,6 +46,7 @@ class InferenceService:
         self.max_batch = max_batch
         self.on_shadow = on_shadow
         self._shadows: set[asyncio.Task[None]] = set()
+        self._routes: SingleFlight[Resolution] = SingleFlight()
 
     async def predict(self, principal: Principal, ref: str, inputs: Any) -> Prediction:
         """Resolve, check read permission, load (once), preprocess, run through the version's batcher."""
@@ -60,8 +62,9 @@ class InferenceService:
 
     async def route(self, principal: Principal, ref: str) -> Resolution:
         resolution = self.router.cached(principal, ref)
-        if resolution is None:  # a cache miss reads the database: off the event loop
-            resolution = await anyio.to_thread.run_sync(self.router.route, principal, ref)
+        if resolution is None:  # a cache miss reads the database: off the event loop, once for all
+            route = self.router.route
+            resolution = await self._routes.run((principal, ref), lambda: route(principal, ref))
         return resolution
 
     async def run(self, target: Target, inputs: Any) -> Prediction:
