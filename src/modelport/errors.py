@@ -23,12 +23,14 @@ and ``client/errors.py`` maps the JSON back to the same classes.
     │   ├── FileNotFoundInVersion       404 "file_not_found"
     │   ├── KeyNotFound                 404 "key_not_found"
     │   ├── JobNotFound                 404 "job_not_found"
+    │   ├── DatasetNotFound             404 "dataset_not_found"
     │   └── RouteNotFound               404 "route_not_found"
     ├── Conflict                        409 "conflict"
     │   ├── ModelExists                 409 "model_exists"
     │   ├── AliasInUse                  409 "alias_in_use"
     │   ├── ModelHasAliases             409 "model_has_aliases"
-    │   └── JobFinished                 409 "job_finished"
+    │   ├── JobFinished                 409 "job_finished"
+    │   └── DatasetExists               409 "dataset_exists"
     ├── PayloadTooLarge                 413 "payload_too_large"
     ├── UnsupportedMediaType            415 "unsupported_media_type"
     ├── ValidationFailed                422 "validation_failed"
@@ -214,6 +216,14 @@ class JobNotFound(NotFound):
         super().__init__(message=f"job {shown!r} not found", details={"job": shown})
 
 
+class DatasetNotFound(NotFound):
+    code = "dataset_not_found"
+
+    def __init__(self, *, name: str) -> None:
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        super().__init__(message=f"dataset {shown!r} not found", details={"dataset": shown})
+
+
 class RouteNotFound(NotFound):
     code = "route_not_found"
 
@@ -266,6 +276,13 @@ class JobFinished(Conflict):
             message=f"job {job_id!r} already ended ({status}); only queued or running jobs can be cancelled",
             details={"job": job_id, "status": status},
         )
+
+
+class DatasetExists(Conflict):
+    code = "dataset_exists"
+
+    def __init__(self, *, name: str) -> None:
+        super().__init__(message=f"dataset {name!r} already exists", details={"dataset": name})
 
 
 class PayloadTooLarge(ModelportError):

@@ -163,3 +163,21 @@ class Deployment(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     updated_by: Mapped[str] = mapped_column(String(63), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+
+
+class Dataset(Base):
+    """An uploaded training data file: one blob (by sha256), readable by its owner and admins."""
+
+    __tablename__ = "datasets"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True, nullable=False)
+    owner: Mapped[str] = mapped_column(String(63), nullable=False, index=True)
+    format: Mapped[str] = mapped_column(String(16), nullable=False)
+    """``npz``, ``csv`` or ``parquet``."""
+    filename: Mapped[str] = mapped_column(String(255), nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    description: Mapped[str] = mapped_column(Text, default="", nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
