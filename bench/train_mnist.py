@@ -64,14 +64,23 @@ def plain_loop(data: Path, epochs: int, seed: int) -> tuple[list[float], float]:
     return times, accuracy
 
 
-def modelport_run(data: Path, epochs: int, seed: int, optimizer: dict[str, Any]) -> tuple[list[float], float]:
+def modelport_run(
+    data: Path, epochs: int, seed: int, optimizer: dict[str, Any], parallel: dict[str, Any] | None = None
+) -> tuple[list[float], float]:
     """(seconds per epoch, test accuracy) of ``run_training`` on the mission's spec."""
     spec = load_spec(
         {
             "name": "mnist-mlp",
             "data": {"source": "mnist", "path": str(data), "validation_split": 0.0, "preprocess": [{"scale": 1 / 255}]},
             "model": {"layers": [{"dense": 64, "activation": "relu"}, {"dense": 10, "activation": "softmax"}]},
-            "train": {"optimizer": optimizer, "batch_size": 32, "epochs": epochs, "seed": seed, "device": "cpu"},
+            "train": {
+                "optimizer": optimizer,
+                "batch_size": 32,
+                "epochs": epochs,
+                "seed": seed,
+                "device": "cpu",
+                **({"parallel": parallel} if parallel else {}),
+            },
         }
     )
     times: list[float] = []
@@ -111,6 +120,21 @@ def speed_table(data: Path, epochs: int, repeats: int) -> list[str]:
     ]
 
 
+def parallel_table(data: Path, epochs: int) -> list[str]:
+    """The same spec through DDP with 2 worker processes, against one process, in the same run."""
+    single_times, single_acc = modelport_run(data, epochs, 0, {"name": "adam", "lr": 1e-3})
+    ddp_times, ddp_acc = modelport_run(
+        data, epochs, 0, {"name": "adam", "lr": 1e-3}, {"strategy": "data", "workers": 2}
+    )
+    single, ddp = statistics.median(single_times), statistics.median(ddp_times)
+    return [
+        "| run | test accuracy | s/epoch (median) | ratio to one process |",
+        "| --- | --- | --- | --- |",
+        f"| one process | {single_acc:.2%} | {single:.3f} | 1.000 |",
+        f"| data parallel, 2 workers (gloo) | {ddp_acc:.2%} | {ddp:.3f} | {ddp / single:.3f} |",
+    ]
+
+
 def optimizer_table(data: Path, epochs: int) -> list[str]:
     rows = ["| optimizer | default lr | test accuracy | s/epoch |", "| --- | --- | --- | --- |"]
     for optimizer in OPTIMIZERS:
@@ -128,10 +152,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=1, help="seeds for the speed comparison")
     parser.add_argument("--optimizers", action="store_true", help="also the per-optimizer accuracy table")
+    parser.add_argument("--parallel", action="store_true", help="also DDP with 2 workers against one process")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the same for both; run_training picks 1 for small MLPs too
     print("## Training\n")
     print("\n".join(speed_table(args.data, args.epochs, args.repeats)))
+    if args.parallel:
+        print(f"\nThe same spec through `parallel: {{strategy: data, workers: 2}}` ({args.epochs} epochs):\n")
+        print("\n".join(parallel_table(args.data, args.epochs)))
     if args.optimizers:
         print(f"\nEach optimizer with only its name given ({args.epochs} epochs, batch 32, seed 0):\n")
         print("\n".join(optimizer_table(args.data, args.epochs)))

@@ -73,7 +73,7 @@ async def test_submit_queues_a_validated_job_and_audits_it(client: httpx.AsyncCl
         ({**digits_spec(), "data": {"source": "builtin", "name": "nope"}}, "invalid_spec", "data"),
         ({**digits_spec(), "extra": 1}, "invalid_spec", "extra: unknown field"),
         ({**digits_spec(), "register": {"model": "Bad Name"}}, "invalid_name", "Bad Name"),
-        ({**digits_spec(), "data": {"source": "dataset", "name": "x"}}, "invalid_job_spec", "data.source"),
+        ({**digits_spec(), "data": {"source": "dataset", "name": "X!"}}, "invalid_name", "invalid dataset name"),
     ],
 )
 async def test_an_invalid_train_spec_is_a_400_naming_the_field(

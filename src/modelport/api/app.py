@@ -20,6 +20,7 @@ from modelport.api.middleware import EdgeMiddleware
 from modelport.api.routers import (
     aliases,
     audit,
+    datasets,
     health,
     keys,
     models,
@@ -86,6 +87,8 @@ def bootstrap(settings: Settings) -> str | None:
 def _limit_for(settings: Settings):  # type: ignore[no-untyped-def]
     def limit(method: str, path: str) -> int:
         if method == "POST" and path.endswith("/versions") and path.startswith("/v1/models/"):
+            return settings.max_upload_bytes
+        if method == "POST" and path.rstrip("/") == "/v1/datasets":
             return settings.max_upload_bytes
         if method == "POST" and (path.endswith("/predict") or path.endswith("/infer")):
             return settings.max_predict_bytes
@@ -157,6 +160,7 @@ def create_app(settings: Settings) -> ModelportApp:
         keys,
         audit,
         jobs_routes,
+        datasets,
     ):
         app.include_router(module.router)
     edge = EdgeMiddleware(

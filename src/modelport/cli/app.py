@@ -15,6 +15,7 @@ from modelport import __version__
 from modelport.cli import (
     aliases,
     audit,
+    datasets,
     jobs,
     keys,
     models,
@@ -84,6 +85,7 @@ app.command("train")(train.train)
 app.command("sweep")(train.sweep)
 app.command("worker")(worker.worker)
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(datasets.app, name="datasets")
 
 
 def main() -> None:

@@ -410,3 +410,23 @@ def cancel_job(job_id: str) -> Call[JSON]:
 
 def job_logs(job_id: str, tail: int | None) -> Call[str]:
     return Call("GET", f"/v1/jobs/{seg(job_id)}/logs", params={"tail": tail}, decode="text")
+
+
+# -- datasets --------------------------------------------------------------------------------------
+def upload_dataset(name: str, path: Path, format: str | None, description: str) -> Call[JSON]:
+    form = {"name": name, "description": description}
+    if format:
+        form["format"] = format
+    return Call("POST", "/v1/datasets", form=form, upload=[path])
+
+
+def list_datasets(limit: int, offset: int) -> Call[JSON]:
+    return Call("GET", "/v1/datasets", params={"limit": limit, "offset": offset})
+
+
+def get_dataset(name: str) -> Call[JSON]:
+    return Call("GET", f"/v1/datasets/{seg(name)}")
+
+
+def delete_dataset(name: str) -> Call[None]:
+    return Call("DELETE", f"/v1/datasets/{seg(name)}", decode="empty")

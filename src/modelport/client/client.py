@@ -19,6 +19,7 @@ import httpx
 
 from modelport.client import _calls as calls
 from modelport.client._calls import JSON, Call, DownloadSink
+from modelport.client._datasets import AsyncDatasetsMixin, DatasetsMixin
 from modelport.client._jobs import AsyncJobsMixin, JobsMixin
 from modelport.client.errors import connection_failed
 from modelport.errors import ModelExists
@@ -51,7 +52,7 @@ class _Base:
         return f"{type(self).__name__}(url={self.url!r})"  # never the key
 
 
-class Client(JobsMixin, _Base):
+class Client(JobsMixin, DatasetsMixin, _Base):
     """A synchronous client for one Modelport server.
 
     Usage::
@@ -273,7 +274,7 @@ class Client(JobsMixin, _Base):
         return self._send(calls.audit(limit, actor, action, target, before_id))
 
 
-class AsyncClient(AsyncJobsMixin, _Base):
+class AsyncClient(AsyncJobsMixin, AsyncDatasetsMixin, _Base):
     """The asyncio twin of :class:`Client`: the same methods, awaited.
 
     Usage::

@@ -35,7 +35,7 @@ from modelport.auth.principals import Principal
 from modelport.config import Settings
 from modelport.errors import BadRequest, InvalidJobSpec, ModelExists, PermissionDenied
 from modelport.refs import check_name
-from modelport.registry import aliases, models, uploads
+from modelport.registry import aliases, datasets, models, uploads
 from modelport.registry.db import Database
 from modelport.registry.tables import Model
 from modelport.registry.uploads import UploadedFile
@@ -74,6 +74,8 @@ class Prepared:
     meta: dict[str, Any] = field(default_factory=dict)
     trials: list[Trial] = field(default_factory=list)
     """For a sweep: the child jobs to queue with it."""
+    datasets: tuple[str, ...] = ()
+    """Uploaded datasets the job reads (the submitter must be able to read each one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +131,7 @@ def check_train_spec(raw: Any, principal: Principal, settings: Settings, *, wher
     if spec.uses_python_module and not principal.is_admin:
         raise PermissionDenied(action="import a python module (model.python) in", target="a job (admins only)")
     if spec.data.source == "dataset":
-        raise InvalidJobSpec(field=f"{where}.data.source", problem="registered datasets are not available yet")
+        check_name(str(spec.data.name), kind="dataset")  # readable by the submitter: check_datasets
     if spec.data.path is not None:
         check_data_path(spec.data.path, principal, settings)
     check_name(target_of(spec))
@@ -159,6 +161,30 @@ def check_target(db: Database, principal: Principal, model: str) -> None:
     with db.read() as s:
         if s.scalar(select(Model.id).where(Model.name == model)) is not None:
             models.visible_model(s, principal, model, "write")  # 404 if unreadable, 403 if read-only
+
+
+def datasets_of(spec: TrainSpec) -> tuple[str, ...]:
+    """The uploaded datasets a checked spec reads (``data: {source: dataset, name: ...}``)."""
+    return (str(spec.data.name),) if spec.data.source == "dataset" else ()
+
+
+def check_datasets(db: Database, principal: Principal, names: tuple[str, ...]) -> None:
+    """Fail at submit time when a dataset is missing or not the submitter's (404, as if missing)."""
+    for name in dict.fromkeys(names):
+        datasets.get_dataset(db, principal, name)
+
+
+def dataset_resolver(env: RunEnv, owner: Principal) -> Callable[[str], Path]:
+    """``resolve_dataset`` for training: a hash-checked copy of the owner's dataset in the job's folder."""
+
+    def resolve(name: str) -> Path:
+        found = datasets.get_dataset(env.db, owner, name)  # access checked again: it may be gone by now
+        dest = env.workdir / "datasets" / f"{found.sha256}{found.suffix}"
+        env.store.copy_verified(found.sha256, dest)
+        env.report({"type": "log", "message": f"dataset {name}: {found.size_bytes} bytes, sha256 {found.sha256[:12]}"})
+        return dest
+
+    return resolve
 
 
 # -- registration ----------------------------------------------------------------------------------
@@ -203,14 +229,20 @@ class TrainKind:
 
     def prepare(self, spec: dict[str, Any], principal: Principal, settings: Settings) -> Prepared:
         checked = check_train_spec(spec, principal, settings)
-        return Prepared(spec=spec, target=target_of(checked))
+        return Prepared(spec=spec, target=target_of(checked), datasets=datasets_of(checked))
 
     def run(self, job: Claimed, env: RunEnv) -> dict[str, Any]:
         from modelport.training.run import TrainingCancelled, run_training
 
         spec = check_train_spec(job.spec, job.owner, env.settings)
         try:
-            outcome = run_training(spec, workdir=env.workdir, report=env.report, should_stop=env.should_stop)
+            outcome = run_training(
+                spec,
+                workdir=env.workdir,
+                report=env.report,
+                should_stop=env.should_stop,
+                resolve_dataset=dataset_resolver(env, job.owner),
+            )
         except TrainingCancelled:
             raise JobStopped() from None
         bundle = _keep_bundle(outcome.bundle_dir, env.workdir)

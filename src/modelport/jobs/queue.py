@@ -130,6 +130,7 @@ def submit(
     """Validate the spec (400 with the field path) and queue the job; a sweep queues its trials too."""
     prepared = kinds.get(kind).prepare(spec, principal, settings)
     kinds.check_target(db, principal, prepared.target)
+    kinds.check_datasets(db, principal, prepared.datasets)
     job = _new_job(principal, kind, prepared.spec, settings, meta=prepared.meta)
     with db.write() as s:
         s.add(job)

@@ -163,13 +163,15 @@ class SweepKind:
     def prepare(self, spec: dict[str, Any], principal: Principal, settings: Settings) -> Prepared:
         sweep = parse_sweep(spec)
         base = kinds.check_train_spec(sweep.base, principal, settings, where="base")
-        trials = []
+        trials, used = [], kinds.datasets_of(base)
         for number, params in enumerate(combinations(sweep), start=1):
             trial_spec = apply(sweep.base, params)
             shown = ", ".join(f"{k}={v}" for k, v in params.items())
-            kinds.check_train_spec(trial_spec, principal, settings, where=f"trial {number} ({shown})")
+            checked = kinds.check_train_spec(trial_spec, principal, settings, where=f"trial {number} ({shown})")
             trials.append(Trial(spec=trial_spec, params=params))
-        return Prepared(spec=spec, target=kinds.target_of(base), meta={"trials": len(trials)}, trials=trials)
+            used += kinds.datasets_of(checked)
+        meta = {"trials": len(trials)}
+        return Prepared(spec=spec, target=kinds.target_of(base), meta=meta, trials=trials, datasets=used)
 
     def run(self, job: Claimed, env: RunEnv) -> dict[str, Any]:
         from modelport.jobs.queue import trials_of
