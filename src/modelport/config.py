@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -96,6 +97,10 @@ class Settings(BaseSettings):
 
     job_stop_timeout_s: float = Field(default=20.0, gt=0, le=3600)
     """On shutdown, how long a worker may take to checkpoint and requeue its job before it is killed."""
+
+    job_python_modules: Literal["writers", "admins"] = "writers"
+    """Who may train a ``model.python`` network (imports an installed module in the worker): anyone who
+    may write the target model (the default, as the training design asks), or admins only."""
 
     job_data_dirs: list[Path] = Field(default_factory=list)
     """Folders a member's training spec may read ``data.path`` from (admins may read any path).

@@ -13,13 +13,17 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import update
 
+from modelport.api.app import create_app
 from modelport.auth.principals import Principal
+from modelport.config import Settings
 from modelport.jobs import events, queue
 from modelport.jobs.tables import Job
 from modelport.jobs.worker import Worker
 from modelport.registry.db import Database
 from modelport.registry.tables import utcnow
-from tests.conftest import member_key
+from tests.conftest import ADMIN_KEY, member_key
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 ALICE = Principal(name="alice", role="member")
 
@@ -141,8 +145,29 @@ async def test_members_may_not_reach_outside_their_models_and_data(client: httpx
     r = await client.post("/v1/jobs", json={"kind": "train", "spec": files}, headers=bob)
     assert r.status_code == 403 and "job_data_dirs" in r.json()["error"]["message"]
     code = {**digits_spec(), "model": {"python": "torch.nn:Linear", "kwargs": {"in_features": 64, "out_features": 10}}}
-    r = await client.post("/v1/jobs", json={"kind": "train", "spec": code}, headers=bob)
-    assert r.status_code == 403 and "admins only" in r.json()["error"]["message"]
+    r = await client.post(
+        "/v1/jobs", json={"kind": "train", "spec": {**code, "register": {"model": "alices"}}}, headers=bob
+    )
+    assert r.status_code == 403  # a python module, like any job, needs write permission on the target
+    r = await client.post(
+        "/v1/jobs", json={"kind": "train", "spec": {**code, "register": {"model": "bobs"}}}, headers=bob
+    )
+    assert r.status_code == 201  # writers (here: the owner-to-be) may, by default
+
+
+async def test_python_modules_can_be_limited_to_admins(settings: Settings, tmp_path: Any) -> None:
+    strict = create_app(Settings(**{**settings.model_dump(), "job_python_modules": "admins"}))
+    transport = httpx.ASGITransport(app=strict)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=ADMIN) as admin_client:
+        bob = await as_member(admin_client, "bob")
+        code = {
+            **digits_spec(),
+            "model": {"python": "torch.nn:Linear", "kwargs": {"in_features": 64, "out_features": 10}},
+        }
+        r = await admin_client.post("/v1/jobs", json={"kind": "train", "spec": code}, headers=bob)
+        assert r.status_code == 403 and "admins only" in r.json()["error"]["message"]
+    strict.state.ctx.runtime.close()
+    strict.state.ctx.db.dispose()
 
 
 async def test_list_filters_and_pages(client: httpx.AsyncClient, app: FastAPI) -> None:

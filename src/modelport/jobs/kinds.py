@@ -128,7 +128,7 @@ def check_train_spec(raw: Any, principal: Principal, settings: Settings, *, wher
         if where == "spec":
             raise
         raise InvalidJobSpec(field=where, problem=exc.message.removeprefix("invalid training spec: ")) from None
-    if spec.uses_python_module and not principal.is_admin:
+    if spec.uses_python_module and not principal.is_admin and settings.job_python_modules == "admins":
         raise PermissionDenied(action="import a python module (model.python) in", target="a job (admins only)")
     if spec.data.source == "dataset":
         check_name(str(spec.data.name), kind="dataset")  # readable by the submitter: check_datasets
