@@ -9,7 +9,7 @@ from __future__ import annotations
 import posixpath
 import re
 import unicodedata
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import orjson
 from pydantic import (
@@ -27,19 +27,10 @@ SCHEMA_VERSION = 1
 MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_FILES = 256
 MAX_PATH_LEN = 255
-FORMAT_NAMES = ("onnx", "torchscript", "torch_export", "torch", "sklearn", "keras")
-DTYPES = (
-    "float32",
-    "float64",
-    "float16",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "bool",
-    "string",
-)
+FormatName = Literal["onnx", "torchscript", "torch_export", "torch", "sklearn", "keras"]
+FORMAT_NAMES: tuple[str, ...] = get_args(FormatName)
+DType = Literal["float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8", "bool", "string"]
+DTYPES: tuple[str, ...] = get_args(DType)
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -67,18 +58,7 @@ class TensorSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=128)
-    dtype: Literal[
-        "float32",
-        "float64",
-        "float16",
-        "int8",
-        "int16",
-        "int32",
-        "int64",
-        "uint8",
-        "bool",
-        "string",
-    ] = "float32"
+    dtype: DType = "float32"
     shape: list[int] | None = None
     allow_nan: bool = False
 
@@ -178,7 +158,7 @@ class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: int = SCHEMA_VERSION
-    format: Literal["onnx", "torchscript", "torch_export", "torch", "sklearn", "keras"]
+    format: FormatName
     entrypoint: str
     signature: Signature = Field(default_factory=Signature)
     preprocess: list[PreprocessStep] = Field(default_factory=list, max_length=32)
@@ -217,7 +197,7 @@ class ManifestInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["onnx", "torchscript", "torch_export", "torch", "sklearn", "keras"] | None = None
+    format: FormatName | None = None
     entrypoint: str | None = None
     signature: Signature | None = None
     preprocess: list[PreprocessStep] = Field(default_factory=list, max_length=32)
