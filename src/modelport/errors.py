@@ -24,6 +24,7 @@ and ``client/errors.py`` maps the JSON back to the same classes.
     │   ├── KeyNotFound                 404 "key_not_found"
     │   ├── JobNotFound                 404 "job_not_found"
     │   ├── DatasetNotFound             404 "dataset_not_found"
+    │   ├── ReportNotFound              404 "report_not_found"    (a version no optimize job made)
     │   └── RouteNotFound               404 "route_not_found"
     ├── Conflict                        409 "conflict"
     │   ├── ModelExists                 409 "model_exists"
@@ -222,6 +223,16 @@ class DatasetNotFound(NotFound):
     def __init__(self, *, name: str) -> None:
         shown = name if len(name) <= 80 else name[:77] + "..."
         super().__init__(message=f"dataset {shown!r} not found", details={"dataset": shown})
+
+
+class ReportNotFound(NotFound):
+    code = "report_not_found"
+
+    def __init__(self, *, model: str, version: int) -> None:
+        super().__init__(
+            message=f"version {version} of model {model!r} has no report (only versions made by an optimize job do)",
+            details={"model": model, "version": version},
+        )
 
 
 class RouteNotFound(NotFound):

@@ -19,6 +19,7 @@ from modelport.cli import (
     jobs,
     keys,
     models,
+    optimize,
     perms,
     predict,
     serve,
@@ -83,6 +84,8 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(perms.app, name="perms")
 app.command("train")(train.train)
 app.command("sweep")(train.sweep)
+app.command("optimize")(optimize.optimize)
+app.command("compare")(optimize.compare)
 app.command("worker")(worker.worker)
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(datasets.app, name="datasets")

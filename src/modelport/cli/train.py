@@ -84,6 +84,8 @@ class JobView:
             self._line(f"[dim]{escape(str(event.get('message', '')))}[/]")
         elif kind == "trial":
             self._trial(event)
+        elif kind == "step":
+            self._optimize_step(event)
 
     def _status(self, event: dict[str, Any]) -> None:
         status = event.get("status")
@@ -103,6 +105,23 @@ class JobView:
             figures=f"loss {event['loss']:.4g}" if isinstance(event.get("loss"), int | float) else "",
             eta=f"eta {eta:.0f}s" if isinstance(eta, int | float) else "",
         )
+
+    def _optimize_step(self, event: dict[str, Any]) -> None:
+        where = f"step {int(event.get('index', 0)) + 1}"
+        if event.get("status") == "registered":
+            figures = event.get("figures") or {}
+            shown = "  ".join(
+                f"{k} {figures[k]:.4g}"
+                for k in ("accuracy", "model_bytes", "latency_ms_b256")
+                if isinstance(figures.get(k), int | float)
+            )
+            self._line(
+                f"{where} ({escape(str(event.get('kind')))}) registered {escape(str(event.get('ref')))}  {shown}"
+            )
+        else:
+            self.progress.update(
+                self.task, description=f"{where}/{event.get('of', '?')} {event.get('kind')}", completed=0
+            )
 
     def _trial(self, event: dict[str, Any]) -> None:
         self.progress.advance(self.task)
@@ -133,6 +152,11 @@ def summarize(ctx: typer.Context, job: dict[str, Any]) -> None:
         result = job.get("result") or {}
         if job["kind"] == "sweep":
             console.print(sweep_table(result))
+        if job["kind"] == "optimize":
+            console.print(
+                f"[green]✓[/] job {job['id']} succeeded: registered {', '.join(result.get('versions') or [])}"
+            )
+            return
         alias = f" (alias {result['alias']})" if result.get("alias") else ""
         console.print(
             f"[green]✓[/] job {job['id']} succeeded: registered {result.get('model')}:{result.get('version')}{alias}"

@@ -219,6 +219,10 @@ def lineage(name: str, version: int) -> Call[list[JSON]]:
     return Call("GET", path, pick=lambda data: data["chain"])
 
 
+def report(name: str, version: int) -> Call[JSON]:
+    return Call("GET", f"/v1/models/{seg(name)}/versions/{seg(version)}/report")
+
+
 def file_path(name: str, version: int, path: str) -> str:
     """The download URL path; the bundle path keeps its '/' but every segment is escaped."""
     return f"/v1/models/{seg(name)}/versions/{seg(version)}/files/{quote(path, safe='/')}"

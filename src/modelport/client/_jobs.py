@@ -44,6 +44,50 @@ def job_spec(spec: SpecLike) -> dict[str, Any]:
     return data
 
 
+QUANTIZE_SHORT = {
+    "int8": "int8_static",
+    "int8-static": "int8_static",
+    "int8-dynamic": "int8_dynamic",
+    "int4": "int4_weight",
+}
+
+
+def optimize_spec(
+    source: str,
+    *,
+    data: Mapping[str, Any],
+    prune: float | None = None,
+    prune_method: str = "magnitude",
+    scope: str = "global",
+    finetune_epochs: int = 0,
+    quantize: str | None = None,
+    export: bool = False,
+    model: str | None = None,
+    alias: str | None = None,
+) -> dict[str, Any]:
+    """An optimize spec from a few options, in the order prune -> finetune -> export -> quantize.
+
+    ``prune`` is the target sparsity (or, with ``prune_method="structured"``, the fraction of neurons
+    removed); ``quantize`` is ``int8`` (static, calibrated), ``int8-dynamic`` or ``int4`` (weight-only).
+    The server checks the result like any spec, so a wrong option comes back as a 400 naming it.
+    """
+    steps: list[dict[str, Any]] = []
+    if prune is not None:
+        key = "amount" if prune_method == "structured" else "sparsity"
+        options: dict[str, Any] = {"method": prune_method, key: prune}
+        if prune_method != "structured":
+            options["scope"] = scope
+        steps.append({"prune": options})
+    if finetune_epochs:
+        steps.append({"finetune": {"epochs": finetune_epochs}})
+    if export:
+        steps.append({"export": {}})
+    if quantize is not None:
+        steps.append({"quantize": {"method": QUANTIZE_SHORT.get(quantize, quantize)}})
+    register = {k: v for k, v in (("model", model), ("alias", alias)) if v is not None}
+    return {"source": source, "data": dict(data), "steps": steps, "register": register}
+
+
 class EventFollower:
     """Following one job's server-sent events: decodes the lines, remembers the last event number so
     a dropped connection resumes where it stopped (``Last-Event-ID``), and knows when the job ended.
@@ -120,6 +164,14 @@ class JobsMixin:
         """Submit a sweep; with ``follow`` wait for it. Its ``result["trials"]`` is ranked best first."""
         return self._submit_and_follow("sweep", spec, follow, on_event)
 
+    def optimize(self, spec: SpecLike, follow: bool = False, on_event: OnEvent | None = None) -> JSON:
+        """Submit an optimize spec (see :func:`optimize_spec` to build one from a few options).
+
+        Each step registers a new version; with ``follow`` the final job's ``result["versions"]``
+        lists them in order, and :meth:`report` shows what each one gained against its parent.
+        """
+        return self._submit_and_follow("optimize", spec, follow, on_event)
+
     def _submit_and_follow(self, kind: str, spec: SpecLike, follow: bool, on_event: OnEvent | None) -> JSON:
         job = self.submit_job(kind, spec)
         if not follow:
@@ -191,6 +243,10 @@ class AsyncJobsMixin:
 
     async def sweep(self, spec: SpecLike, follow: bool = False, on_event: OnEvent | None = None) -> JSON:
         return await self._submit_and_follow("sweep", spec, follow, on_event)
+
+    async def optimize(self, spec: SpecLike, follow: bool = False, on_event: OnEvent | None = None) -> JSON:
+        """See :meth:`JobsMixin.optimize`."""
+        return await self._submit_and_follow("optimize", spec, follow, on_event)
 
     async def _submit_and_follow(self, kind: str, spec: SpecLike, follow: bool, on_event: OnEvent | None) -> JSON:
         job = await self.submit_job(kind, spec)

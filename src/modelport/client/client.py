@@ -193,6 +193,10 @@ class Client(JobsMixin, DatasetsMixin, _Base):
         """The version, then its parent, grandparent... as far as the caller may read."""
         return self._send(calls.lineage(name, version))
 
+    def report(self, name: str, version: int) -> JSON:
+        """An optimized version's report: each figure beside its parent's, with the ratio."""
+        return self._send(calls.report(name, version))
+
     def download(self, name: str, version: int, path: str, dest: PathLike) -> Path:
         """Stream one file of a version to ``dest`` (a file, or a folder to put it in); hash-checked."""
         sink = DownloadSink(Path(dest), path)
@@ -392,6 +396,10 @@ class AsyncClient(AsyncJobsMixin, AsyncDatasetsMixin, _Base):
 
     async def lineage(self, name: str, version: int) -> list[JSON]:
         return await self._send(calls.lineage(name, version))
+
+    async def report(self, name: str, version: int) -> JSON:
+        """See :meth:`Client.report`."""
+        return await self._send(calls.report(name, version))
 
     async def download(self, name: str, version: int, path: str, dest: PathLike) -> Path:
         """See :meth:`Client.download`."""

@@ -4,13 +4,17 @@ No Python code travels with the model: ``manifest.architecture`` holds the train
 ``layers`` and ``input_shape``, :func:`modelport.training.nets.build_network` rebuilds the
 ``nn.Sequential``, and the weights load with ``strict=True``. The weight file's header is compared
 with the network built on the meta device first, so a bad layer list cannot allocate memory.
+
+Pruned or int8 weights may be stored compressed (:mod:`modelport.formats.compressed`), so the size
+on disk shrinks with sparsity; the file stays a safetensors file and is decoded to the dense
+state_dict on load. The shape check uses the shapes the header declares, before any data is read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import safetensors
 import safetensors.torch
@@ -18,6 +22,7 @@ import torch
 from torch import nn
 
 from modelport.errors import InvalidArtifact, InvalidManifest
+from modelport.formats import compressed
 from modelport.formats._common import (
     Files,
     batch_shape,
@@ -37,6 +42,9 @@ NAME = "torch"
 EXTENSIONS: tuple[str, ...] = (".safetensors",)
 ENTRYPOINT = "model.safetensors"
 _SHOWN_KEYS = 5
+Encoding = Literal["dense", "sparse", "int8"]
+"""How ``save`` stores weights: plain, sparse float32 (lossless), or int8 (sparse or dense, per tensor)."""
+_ENCODINGS: tuple[Encoding, ...] = ("dense", "sparse", "int8")
 
 
 def architecture(layers: Sequence[Any], input_shape: Sequence[int]) -> dict[str, Any]:
@@ -44,23 +52,37 @@ def architecture(layers: Sequence[Any], input_shape: Sequence[int]) -> dict[str,
     return {"layers": list(layers), "input_shape": list(input_shape)}
 
 
-def save(model: nn.Module, directory: Path, *, layers: Sequence[Any], input_shape: Sequence[int]) -> Files:
+def save(
+    model: nn.Module,
+    directory: Path,
+    *,
+    layers: Sequence[Any],
+    input_shape: Sequence[int],
+    encoding: Encoding = "dense",
+) -> Files:
     """Write ``model``'s weights as ``model.safetensors``, after checking they fit the layer list.
 
     The check runs here, at training time, so that a version which cannot be loaded back is never
-    registered.
+    registered. ``encoding="sparse"`` is lossless; ``"int8"`` rounds each weight to within half its
+    row's scale. Each weight still falls back to plain storage where that is smaller.
     """
+    if encoding not in _ENCODINGS:
+        raise ValueError(f"encoding must be one of {list(_ENCODINGS)}, not {encoding!r}")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     _check_keys_and_shapes({k: tuple(v.shape) for k, v in state.items()}, _expected_shapes(layers, input_shape))
+    if encoding == "dense":
+        tensors, metadata = state, {"format": "pt"}
+    else:
+        tensors, metadata = compressed.encode(state, int8=encoding == "int8")
     directory.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(state, str(directory / ENTRYPOINT), metadata={"format": "pt"})
+    safetensors.torch.save_file(tensors, str(directory / ENTRYPOINT), metadata=metadata)
     return files_of(directory, [ENTRYPOINT])
 
 
 def inspect(bundle_dir: Path, entrypoint: str, given: ManifestInput) -> Inspection:
     """Rebuild the network from ``given.architecture``, load the weights strictly, infer the signature."""
     layers, input_shape = parse_architecture(given.architecture)
-    net = _load_network(bundle_dir, entrypoint, layers, input_shape)
+    net = load_network(bundle_dir, entrypoint, layers, input_shape)
     inferred = _infer_signature(net, layers, input_shape)
     params = sum(p.numel() for p in net.parameters())
     return Inspection(signature=reconcile(inferred, given.signature), extra={"parameters": int(params)})
@@ -69,7 +91,7 @@ def inspect(bundle_dir: Path, entrypoint: str, given: ManifestInput) -> Inspecti
 def load(bundle_dir: Path, manifest: Manifest) -> TorchPredictor:
     """Rebuild the network and load its weights onto the CPU in eval mode."""
     layers, input_shape = parse_architecture(manifest.architecture)
-    net = _load_network(bundle_dir, manifest.entrypoint, layers, input_shape)
+    net = load_network(bundle_dir, manifest.entrypoint, layers, input_shape)
     size = sum(t.numel() * t.element_size() for t in net.state_dict().values())
     return TorchPredictor(net, manifest.signature, memory_bytes=2 * size + (1 << 20))
 
@@ -117,14 +139,19 @@ def _check_keys_and_shapes(found: dict[str, tuple[int, ...]], expected: dict[str
         raise InvalidArtifact(message=f"weight shapes do not match the layer list: {', '.join(wrong[:_SHOWN_KEYS])}")
 
 
-def _load_network(bundle_dir: Path, entrypoint: str, layers: list[Any], input_shape: list[int]) -> nn.Sequential:
+def load_network(bundle_dir: Path, entrypoint: str, layers: list[Any], input_shape: list[int]) -> nn.Sequential:
+    """The network with its weights (dense or compressed) loaded strictly, in eval mode; or InvalidArtifact.
+
+    Public for transforms that need the ``nn.Module`` itself (pruning, quantization), not a Predictor.
+    """
     path = resolve_entry(bundle_dir, entrypoint)
     expected = _expected_shapes(layers, input_shape)
     try:
         with safetensors.safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata()
             found = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118  # not a dict
-        _check_keys_and_shapes(found, expected)
-        state = safetensors.torch.load_file(str(path), device="cpu")
+        _check_keys_and_shapes(compressed.declared_shapes(found, metadata), expected)
+        state = compressed.decode(safetensors.torch.load_file(str(path), device="cpu"), metadata)
     except InvalidArtifact:
         raise
     except Exception as exc:  # noqa: BLE001 - SafetensorError for a bad header, OSError for truncated data

@@ -34,8 +34,8 @@ from sqlalchemy import select
 from modelport.auth.principals import Principal
 from modelport.config import Settings
 from modelport.errors import BadRequest, InvalidJobSpec, ModelExists, PermissionDenied
-from modelport.refs import check_name
-from modelport.registry import aliases, datasets, models, uploads
+from modelport.refs import check_name, parse_ref
+from modelport.registry import aliases, datasets, models, uploads, versions
 from modelport.registry.db import Database
 from modelport.registry.tables import Model
 from modelport.registry.uploads import UploadedFile
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from modelport.training.spec import TrainSpec
 
 Event = dict[str, Any]
-KIND_NAMES = ("train", "sweep")
+KIND_NAMES = ("train", "sweep", "optimize")
 OUTCOME_FILE = "outcome.json"
 """What a sweep's trial leaves in its folder for the sweep to register: manifest, metrics, bundle."""
 
@@ -76,6 +76,8 @@ class Prepared:
     """For a sweep: the child jobs to queue with it."""
     datasets: tuple[str, ...] = ()
     """Uploaded datasets the job reads (the submitter must be able to read each one)."""
+    sources: tuple[str, ...] = ()
+    """Model references the job reads (the submitter must be able to read each one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,10 @@ def get(kind: str) -> JobKind:
         from modelport.jobs.sweep import SweepKind  # sweep builds on this module
 
         return SweepKind()
+    if kind == "optimize":
+        from modelport.jobs.optimize import OptimizeKind
+
+        return OptimizeKind()
     raise BadRequest(message=f"job kind must be one of {', '.join(KIND_NAMES)}")
 
 
@@ -163,6 +169,12 @@ def check_target(db: Database, principal: Principal, model: str) -> None:
             models.visible_model(s, principal, model, "write")  # 404 if unreadable, 403 if read-only
 
 
+def check_sources(db: Database, principal: Principal, refs: tuple[str, ...]) -> None:
+    """Fail at submit time when a source version is missing or unreadable (404, as if missing)."""
+    for ref in dict.fromkeys(refs):
+        versions.get_by_ref(db, principal, parse_ref(ref))
+
+
 def datasets_of(spec: TrainSpec) -> tuple[str, ...]:
     """The uploaded datasets a checked spec reads (``data: {source: dataset, name: ...}``)."""
     return (str(spec.data.name),) if spec.data.source == "dataset" else ()
@@ -198,6 +210,7 @@ def register_bundle(
     model: str,
     alias: str | None,
     transform: dict[str, Any] | None = None,
+    report: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Register a trained bundle as a new version of ``model`` as ``owner`` (model created if missing)."""
     with contextlib.suppress(ModelExists):
@@ -213,7 +226,9 @@ def register_bundle(
             UploadedFile(filename=p.relative_to(bundle_dir).as_posix(), stream=h)
             for p, h in zip(paths, handles, strict=True)
         ]
-        version = uploads.create_version(env.db, env.store, owner, model, files, given, client=f"job:{job_id}")
+        version = uploads.create_version(
+            env.db, env.store, owner, model, files, given, client=f"job:{job_id}", report=report
+        )
     finally:
         for handle in handles:
             handle.close()

@@ -131,6 +131,7 @@ def submit(
     prepared = kinds.get(kind).prepare(spec, principal, settings)
     kinds.check_target(db, principal, prepared.target)
     kinds.check_datasets(db, principal, prepared.datasets)
+    kinds.check_sources(db, principal, prepared.sources)
     job = _new_job(principal, kind, prepared.spec, settings, meta=prepared.meta)
     with db.write() as s:
         s.add(job)

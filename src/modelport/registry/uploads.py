@@ -12,7 +12,7 @@ import io
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from modelport import formats
 from modelport.auth.principals import Principal
@@ -71,6 +71,12 @@ def _check_files(staging: Path, names: list[str], entry: str, fmt_name: str | No
     return detected
 
 
+def check_bundle(folder: Path, given: ManifestInput) -> Manifest:
+    """The manifest a folder of files would be registered with, after the same checks and trial load."""
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return _build_manifest(folder, [check_bundle_path(n) for n in names], given)
+
+
 def _build_manifest(staging: Path, names: list[str], given: ManifestInput) -> Manifest:
     entry = check_bundle_path(given.entrypoint) if given.entrypoint else names[0]
     if entry not in names:
@@ -111,8 +117,12 @@ def create_version(
     manifest_json: bytes | str | None,
     *,
     client: str | None = None,
+    report: dict[str, Any] | None = None,
 ) -> VersionView:
-    """Check, store and register an uploaded version (atomic; the row commits after all blobs)."""
+    """Check, store and register an uploaded version (atomic; the row commits after all blobs).
+
+    ``report`` comes from the platform (an optimize job), never from the uploader's manifest.
+    """
     with db.read() as s:
         visible_model(s, principal, model_name, "write")  # fail before any work
     given = parse_manifest_input(manifest_json)
@@ -123,7 +133,7 @@ def create_version(
         sizes: dict[str, int] = {}
         for name in names:
             hashes[name], sizes[name] = store.put_file(staging / name)
-        manifest = manifest.model_copy(update={"files": hashes})
+        manifest = manifest.model_copy(update={"files": hashes, "report": report})
         manifest_sha, _ = store.put_stream(io.BytesIO(manifest.to_json()))
         return versions.commit_version(
             db,

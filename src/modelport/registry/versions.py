@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -11,6 +13,7 @@ from modelport.errors import (
     AliasNotFound,
     BadRequest,
     FileNotFoundInVersion,
+    ReportNotFound,
     VersionNotFound,
 )
 from modelport.refs import DEFAULT_ALIAS, ModelRef, check_name
@@ -139,6 +142,23 @@ def get_version(db: Database, principal: Principal, model_name: str, number: int
     with db.read() as s:
         model, _ = visible_model(s, principal, model_name, "read")
         return view(s, model, load_version(s, model, number))
+
+
+def report_of(db: Database, principal: Principal, model_name: str, number: int) -> dict[str, Any]:
+    """The optimize report stored in the version's manifest, with the version it describes."""
+    found = get_version(db, principal, model_name, number)
+    report = found.manifest.get("report")
+    if not isinstance(report, dict):
+        raise ReportNotFound(model=found.model, version=found.version)
+    return {"model": found.model, "version": found.version, **report}
+
+
+def get_by_ref(db: Database, principal: Principal, ref: ModelRef) -> VersionView:
+    """The version ``ref`` names, if the caller may read its model (404 otherwise, as if missing)."""
+    with db.read() as s:
+        visible_model(s, principal, ref.name, "read")
+        model, version = resolve(s, ref)
+        return view(s, model, version)
 
 
 def update_version(

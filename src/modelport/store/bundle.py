@@ -171,6 +171,8 @@ class Manifest(BaseModel):
     """For format ``torch``: the training spec's ``model`` section (``layers``) and ``input_shape``."""
     serving: ServingConfig = Field(default_factory=ServingConfig)
     files: dict[str, str] = Field(default_factory=dict)
+    report: dict[str, Any] | None = None
+    """Set by the platform only (an optimize job): what this version gained and lost against its parent."""
 
     @field_validator("files")
     @classmethod

@@ -24,7 +24,7 @@ KEEPALIVE_S = 15.0
 
 class JobSubmit(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["train", "sweep"]
+    kind: Literal["train", "sweep", "optimize"]
     spec: dict[str, Any] = Field(description="a training spec (train) or a sweep spec (sweep)")
 
 

@@ -139,6 +139,11 @@ def download_file(name: str, version: str, path: str, ctx: Ctx, who: Caller) -> 
     )
 
 
+@router.get("/{version}/report", summary="What this version gained and lost against its parent (optimize jobs)")
+def get_report(name: str, version: str, ctx: Ctx, who: Caller) -> Response:
+    return json_response(versions.report_of(ctx.db, who, name, parse_version(version)))
+
+
 @router.get("/{version}/lineage", summary="The chain of parents this version came from")
 def get_lineage(name: str, version: str, ctx: Ctx, who: Caller) -> Response:
     return json_response({"chain": lineage.chain(ctx.db, who, name, parse_version(version))})

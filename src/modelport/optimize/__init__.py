@@ -1,0 +1,1 @@
+"""Model optimization: pruning, quantization, distillation, export, and reports."""
