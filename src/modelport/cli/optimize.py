@@ -165,7 +165,9 @@ def _figures(mp: Any, name: str, number: int) -> dict[str, Any]:
     if isinstance(report, dict):
         return {k: row.get("value") for k, row in report.get("figures", {}).items()}
     metrics = version["manifest"].get("metrics") or {}
-    out: dict[str, Any] = {"parameters": metrics.get("parameters")}
+    entry = version["manifest"].get("entrypoint")
+    sizes = [f["size_bytes"] for f in version.get("files", []) if f["path"] == entry]
+    out: dict[str, Any] = {"parameters": metrics.get("parameters"), "model_bytes": sizes[0] if sizes else None}
     if isinstance(metrics.get("test_accuracy"), int | float):
         out["accuracy"] = metrics["test_accuracy"]
     return {k: v for k, v in out.items() if v is not None}
