@@ -10,6 +10,7 @@ import pytest
 from fastapi import FastAPI
 
 from modelport.jobs.worker import Worker
+from tests.conftest import TrainedMnist, upload
 from tests.integration.test_jobs_api import as_member, ctx_of, digits_spec
 
 DIGITS = {"source": "builtin", "name": "digits"}
@@ -190,6 +191,14 @@ async def test_a_source_the_submitter_cannot_read_is_a_404_and_a_plain_version_h
     assert r.status_code == 404 and r.json()["error"]["code"] == "report_not_found"
     r = await client.get("/v1/models/digits/versions/1/report", headers=bob)
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+async def test_an_uploaded_manifest_cannot_carry_a_report(client: httpx.AsyncClient, mnist_model: TrainedMnist) -> None:
+    forged = {**mnist_model.manifest, "report": {"figures": {"accuracy": {"value": 1.0}}}}
+    r = await upload(client, "forged", mnist_model.onnx_path, forged)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_manifest", r.text
+    assert "report" in r.json()["error"]["message"]
+    assert (await client.get("/v1/models/forged/versions")).json()["total"] == 0
 
 
 async def test_an_onnx_only_version_can_be_quantized_but_not_pruned(client: httpx.AsyncClient, app: FastAPI) -> None:

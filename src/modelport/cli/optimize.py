@@ -67,7 +67,7 @@ def optimize(
     from modelport.client import optimize_spec
 
     if spec_file is not None:
-        spec = read_spec(spec_file)
+        spec = {**read_spec(spec_file), "source": source}  # the argument names the version to start from
     else:
         data = _data(data_path, data_source, dataset, builtin)
         spec = optimize_spec(

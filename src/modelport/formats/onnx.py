@@ -38,7 +38,7 @@ NAME = "onnx"
 EXTENSIONS: tuple[str, ...] = (".onnx",)
 ENTRYPOINT = "model.onnx"
 
-_ACTIVATION_QUANT_OPS = frozenset(
+ACTIVATION_QUANT_OPS = frozenset(
     {
         "QuantizeLinear",
         "DynamicQuantizeLinear",
@@ -117,7 +117,7 @@ def weight_only_dequantize(model: ModelProto) -> bool:
     constants = {t.name for t in model.graph.initializer} - {i.name for i in model.graph.input}
     dequantizers = []
     for node in _all_nodes(model.graph):
-        if node.op_type in _ACTIVATION_QUANT_OPS or node.op_type.startswith("QLinear"):
+        if node.op_type in ACTIVATION_QUANT_OPS or node.op_type.startswith("QLinear"):
             return False
         if node.op_type == "DequantizeLinear":
             dequantizers.append(node)

@@ -35,6 +35,7 @@ import onnxruntime.quantization as ortq
 from onnx import GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from modelport.errors import BadRequest
+from modelport.formats.onnx import ACTIVATION_QUANT_OPS
 
 Method = Literal["int8_dynamic", "int8_static", "int4_weight"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -48,18 +49,7 @@ INT4_OPSET = 21
 _CLIP_RATIOS = np.linspace(1.0, 0.5, 11)  # 1.0 first, so an unclipped scale wins ties
 _INT4_IR_VERSION = 10  # IR 10 introduced the INT4 element type
 _QUANTIZED_TYPES = frozenset({TensorProto.INT8, TensorProto.UINT8, TensorProto.INT4, TensorProto.UINT4})
-_QUANTIZED_OPS = frozenset(
-    {
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "DynamicQuantizeLinear",
-        "MatMulInteger",
-        "ConvInteger",
-        "QGemm",
-        "DynamicQuantizeMatMul",
-        "MatMulIntegerToFloat",
-    }
-)
+_QUANTIZED_OPS = ACTIVATION_QUANT_OPS | {"DequantizeLinear"}
 _ORT_QUANTIZATION_DIR = str(Path(ortq.__file__).parent)
 
 
