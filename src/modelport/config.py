@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -108,6 +108,97 @@ class Settings(BaseSettings):
     Empty: members train on built-in sets only. Relative ``data.path`` values resolve against the
     worker's working directory.
     """
+
+    master_key: str | None = Field(default=None, repr=False)
+    """Master key that wraps every blob's data key: 32 bytes as 64 hex characters or base64.
+
+    Kept out of ``repr`` and log lines. ``modelport serve`` hands it to its job workers (they read
+    blobs too). Give this or ``master_key_file``, not both; with neither, the home's own
+    ``secrets/master.key`` is used (see ``encryption``).
+    """
+
+    master_key_file: Path | None = None
+    """File holding the master key (32 raw bytes, or hex/base64 text); keep it mode 0600."""
+
+    encryption: Literal["auto", "on", "off"] = "auto"
+    """Encrypt new blobs at rest (AES-256-GCM, one data key per blob, wrapped by the master key).
+
+    ``auto``: on when a master key is given or the home has ``secrets/master.key``; a NEW home (no
+    blobs, no SQLite database yet) gets a random ``secrets/master.key`` (0600) at first start. An
+    existing home of plaintext blobs without a key stays plaintext, so upgrading never locks anyone
+    out. ``on``: create the home key if no key is given, whatever the home holds. ``off``: write
+    plaintext (existing encrypted blobs stay readable with the key). Reads always accept both: a
+    blob without a key sidecar is plaintext, and every blob is re-hashed whichever it is.
+    """
+
+    rate_limit_rps: float = Field(default=0.0, ge=0)
+    """Inference requests per second each API key may make (a key may carry its own); 0: no limit. Kept
+    per API process: with ``workers`` N a key may reach N times this in total. Over it: 429 + Retry-After."""
+
+    rate_limit_burst: int = Field(default=0, ge=0)
+    """Inference requests a key may make at once before its rate applies; 0: one second's worth (at least 1)."""
+
+    max_concurrent_jobs_per_principal: int = Field(default=0, ge=0)
+    """Queued plus running jobs one principal may have (a sweep counts once; a key may carry its own
+    limit); 0: no limit. Over it, a submit gets 429 + Retry-After."""
+
+    max_storage_bytes_per_principal: int = Field(default=0, ge=0)
+    """Bytes of versions a principal uploaded plus datasets it owns; an upload that would pass it gets
+    429 + Retry-After before anything is stored; 0: no limit."""
+
+    allowed_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost", "::1", "[::1]"])
+    """Host names the server answers to (the request's Host header, port ignored); other names get 400,
+    which stops DNS rebinding. IP addresses are always answered (rebinding needs a name); ``host`` is
+    added too. ``"*"`` allows any. A JSON list: ``MODELPORT_ALLOWED_HOSTS='["models.example.com"]'``."""
+
+    cors_origins: list[str] = Field(default_factory=list)
+    """Browser origins (``scheme://host[:port]``, exact) that may call the API from other sites. Empty
+    (the default): no CORS headers; preflights and cross-origin requests are refused with 403."""
+
+    tls_cert: Path | None = None
+    """PEM certificate (chain) to serve HTTPS with; needs ``tls_key``."""
+
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert``."""
+
+    request_header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    """A connection must send a request's line and headers within this many seconds (from connecting,
+    or from the first byte of the next request on a kept-alive connection), else it is closed."""
+
+    request_body_timeout_s: float = Field(default=30.0, gt=0, le=86400)
+    """A request body must arrive within this many seconds of its first read, plus one second per
+    ``request_body_min_rate`` bytes received (a large upload on a good link is never cut); a slower
+    body gets 408 and the connection is closed."""
+
+    request_body_min_rate: int = Field(default=64 * 1024, ge=1)
+    """Bytes per second a long body must keep up (see ``request_body_timeout_s``)."""
+
+    keep_alive_timeout_s: int = Field(default=5, ge=1, le=3600)
+    """An idle kept-alive connection is closed after this many seconds."""
+
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024)
+    """Largest request line plus headers; a larger one gets 431 and the connection is closed."""
+
+    max_output_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Largest model output one prediction may return (its tensors' bytes, and the encoded answer); a
+    larger one gets 413 before it is encoded: ask for fewer examples per request."""
+
+    job_max_memory_bytes: int | None = Field(default=None, ge=1)
+    """Memory one job's process may allocate (RLIMIT_DATA: heap and private mappings); past it the job
+    fails with a clear message and the worker goes on. Default: half the machine's RAM."""
+
+    job_timeout_s: float | None = Field(default=None, gt=0)
+    """Longest one attempt of a job may run (wall clock) before its processes are killed and the job
+    fails; unset: no limit."""
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            scheme, sep, rest = origin.partition("://")
+            if not sep or scheme.lower() not in ("http", "https") or not rest or "/" in rest:
+                raise ValueError(f"{origin!r} is not an origin; list each exactly, e.g. 'https://app.example.com'")
+        return [o.lower() for o in origins]
 
     @property
     def memory_budget(self) -> int:

@@ -32,6 +32,7 @@ and ``client/errors.py`` maps the JSON back to the same classes.
     │   ├── ModelHasAliases             409 "model_has_aliases"
     │   ├── JobFinished                 409 "job_finished"
     │   └── DatasetExists               409 "dataset_exists"
+    ├── RequestTimeout                  408 "request_timeout"     (a body that did not arrive in time)
     ├── PayloadTooLarge                 413 "payload_too_large"
     ├── UnsupportedMediaType            415 "unsupported_media_type"
     ├── ValidationFailed                422 "validation_failed"
@@ -294,6 +295,22 @@ class DatasetExists(Conflict):
 
     def __init__(self, *, name: str) -> None:
         super().__init__(message=f"dataset {name!r} already exists", details={"dataset": name})
+
+
+class RequestTimeout(ModelportError):
+    """A request body that did not arrive in time (``api/guards.py::BodyWatch``).
+
+    Only the HTTP edge raises it; clients see 408 ``request_timeout`` and the connection closes.
+    """
+
+    code = "request_timeout"
+
+    def __init__(self, *, seconds: float) -> None:
+        super().__init__(
+            message=f"the request body did not arrive in time ({seconds:g} s plus time for its size); "
+            "the connection is closed",
+            details={"timeout_s": seconds},
+        )
 
 
 class PayloadTooLarge(ModelportError):

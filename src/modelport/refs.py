@@ -44,7 +44,7 @@ class ModelRef:
 def parse_version(value: str | int, *, ref: str | None = None) -> int:
     """Parse a version number (1, 2, 3...)."""
     text = str(value)
-    if not text.isdigit() or text.startswith("0") or len(text) > 10 or int(text) > MAX_VERSION:
+    if not (text.isascii() and text.isdigit()) or text.startswith("0") or len(text) > 10 or int(text) > MAX_VERSION:
         raise InvalidReference(value=ref or text, reason="a version is a positive whole number")
     return int(text)
 

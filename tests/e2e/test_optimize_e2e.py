@@ -39,8 +39,6 @@ def test_cli_optimize_follows_the_chain_prints_reports_and_compare_shows_ratios(
         "1",
         "--quantize",
         "int8",
-        "--builtin",
-        "digits",
         "--alias",
         "small",
     )
@@ -61,7 +59,9 @@ def test_cli_optimize_follows_the_chain_prints_reports_and_compare_shows_ratios(
     with Client(jobs_server[0], KEY) as mp:
         assert mp.get_model("opt-cli")["aliases"] == {"small": 4}
         assert [c["version"] for c in mp.lineage("opt-cli", 4)] == [4, 3, 2, 1]
-    refused = cli(jobs_server, "optimize", "opt-cli:1", "--builtin", "digits")
+    refused = cli(jobs_server, "optimize", "opt-cli:1", "--builtin", "digits", "--dataset", "x")
+    assert refused.returncode == 2 and "at most one" in refused.stderr
+    refused = cli(jobs_server, "optimize", "opt-cli:1")
     assert refused.returncode == 2 and "--prune" in refused.stderr
     bad = cli(jobs_server, "optimize", "opt-cli:1", "--prune", "1.5", "--builtin", "digits")
     assert bad.returncode != 0 and "sparsity" in bad.stderr

@@ -193,6 +193,31 @@ async def test_a_source_the_submitter_cannot_read_is_a_404_and_a_plain_version_h
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
 
 
+async def test_without_data_the_job_uses_what_the_source_was_trained_on(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    await trained(client, app)
+    first = await optimize(client, app, [{"prune": {"sparsity": 0.5}}])
+    spec = {"source": first["versions"][0], "steps": [{"quantize": {"method": "int8_dynamic"}}]}
+    r = await client.post("/v1/jobs", json={"kind": "optimize", "spec": spec})  # no data: the chain's
+    assert r.status_code == 201, r.text
+    run_jobs(app)
+    job = (await client.get(f"/v1/jobs/{r.json()['id']}")).json()
+    assert job["status"] == "succeeded", job["error"]
+    body = await report(client, job["result"]["versions"][0])
+    assert body["evaluation"]["examples"] == (await report(client, first["versions"][0]))["evaluation"]["examples"]
+
+
+async def test_without_data_an_uploaded_source_fails_with_a_clear_message(
+    client: httpx.AsyncClient, app: FastAPI, mnist_model: TrainedMnist
+) -> None:
+    assert (await upload(client, "uploaded", mnist_model.onnx_path, mnist_model.manifest)).status_code == 201
+    r = await client.post("/v1/jobs", json={"kind": "optimize", "spec": {"source": "uploaded:1", "steps": ["export"]}})
+    run_jobs(app)
+    job = (await client.get(f"/v1/jobs/{r.json()['id']}")).json()
+    assert job["status"] == "failed" and "optimize needs data" in job["error"]
+
+
 async def test_an_uploaded_manifest_cannot_carry_a_report(client: httpx.AsyncClient, mnist_model: TrainedMnist) -> None:
     forged = {**mnist_model.manifest, "report": {"figures": {"accuracy": {"value": 1.0}}}}
     r = await upload(client, "forged", mnist_model.onnx_path, forged)

@@ -112,8 +112,8 @@ async def test_upload_errors_are_clear(client: httpx.AsyncClient, mnist_model: T
     unknown.write_bytes(b"1234")
     r = await upload(client, "bad", unknown, create=False)
     assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_format"
-    r = await client.post("/v1/models/bad/versions", json={"x": 1})
-    assert r.status_code == 400
+    r = await client.post("/v1/models/bad/versions", json={"x": 1})  # an upload is multipart, never JSON
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["error"]["message"]
     r = await upload(client, "bad", mnist_model.onnx_path, {"preprocess": [{"scale": 1, "shift": 2}]}, create=False)
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_manifest"
     r = await upload(client, "nomodel", mnist_model.onnx_path, create=False)

@@ -38,7 +38,7 @@ from modelport.registry.db import Database
 from modelport.serving.router import Router
 from modelport.serving.runtime import BatchPolicy, ModelRuntime
 from modelport.serving.service import InferenceService
-from modelport.store.local import LocalBlobStore
+from modelport.store.local import LocalBlobStore, open_store
 
 log = logging.getLogger("modelport")
 
@@ -59,13 +59,21 @@ class ModelportApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.edge(scope, receive, send)
 
+    def drain(self) -> None:
+        """Stop admitting requests (503, health probes excepted) while those in flight finish: on SIGTERM."""
+        self.api.state.ctx.draining = True
+
 
 def open_home(settings: Settings) -> tuple[Database, LocalBlobStore]:
-    """Create the data home if needed and apply migrations (idempotent, safe on every start)."""
+    """Create the data home if needed and apply migrations (idempotent, safe on every start).
+
+    The store is opened first: whether a home is new (and so gets its own master key under
+    ``encryption=auto``) is judged before the database file is created.
+    """
     settings.home.mkdir(parents=True, exist_ok=True)
+    store = open_store(settings)
     db = Database(settings)
     db.migrate()
-    store = LocalBlobStore(settings.blobs_dir, settings.tmp_dir)
     return db, store
 
 
@@ -82,19 +90,6 @@ def bootstrap(settings: Settings) -> str | None:
         return ensure_admin_key(db, settings.admin_key)
     finally:
         db.dispose()
-
-
-def _limit_for(settings: Settings):  # type: ignore[no-untyped-def]
-    def limit(method: str, path: str) -> int:
-        if method == "POST" and path.endswith("/versions") and path.startswith("/v1/models/"):
-            return settings.max_upload_bytes
-        if method == "POST" and path.rstrip("/") == "/v1/datasets":
-            return settings.max_upload_bytes
-        if method == "POST" and (path.endswith("/predict") or path.endswith("/infer")):
-            return settings.max_predict_bytes
-        return settings.max_json_bytes
-
-    return limit
 
 
 def create_app(settings: Settings) -> ModelportApp:
@@ -165,8 +160,8 @@ def create_app(settings: Settings) -> ModelportApp:
         app.include_router(module.router)
     edge = EdgeMiddleware(
         app,
+        ctx=ctx,
         metrics=ctx.metrics,
-        limit_for=_limit_for(settings),
         access_log=settings.access_log,
         fast=FastPath(ctx),
     )

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from modelport.api.context import AppContext
-from modelport.auth.principals import ANONYMOUS_ADMIN, Principal
-from modelport.errors import PermissionDenied
+from modelport.auth.principals import ANONYMOUS_ADMIN, Principal, require_admin
 
 
 def context(request: Request) -> AppContext:
@@ -27,18 +27,19 @@ def bearer_key(request: Request) -> str | None:
 
 
 def principal(request: Request) -> Principal:
-    """Who is calling: from the bearer key, or the anonymous admin when auth is turned off."""
+    """Who is calling: from the bearer key, or the anonymous admin when auth is turned off; carries the
+    storage quota in force (``Settings.max_storage_bytes_per_principal``) for the registry to check."""
     ctx = context(request)
-    if not ctx.settings.auth:
-        return ANONYMOUS_ADMIN
-    return ctx.keys.authenticate(bearer_key(request))
+    who = ctx.keys.authenticate(bearer_key(request)) if ctx.settings.auth else ANONYMOUS_ADMIN
+    quota = ctx.settings.max_storage_bytes_per_principal
+    if quota and who.max_storage_bytes is None:
+        who = replace(who, max_storage_bytes=quota)
+    return who
 
 
 def admin(request: Request) -> Principal:
-    who = principal(request)
-    if not who.is_admin:
-        raise PermissionDenied(action="use", target="this endpoint (admins only)")
-    return who
+    """The caller if it may use admin endpoints: an admin key whose scope includes ``admin``."""
+    return require_admin(principal(request))
 
 
 def client_address(request: Request) -> str | None:

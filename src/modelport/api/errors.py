@@ -14,11 +14,13 @@ from modelport import errors
 
 log = logging.getLogger("modelport.api")
 
+
 STATUS: dict[type[errors.ModelportError], int] = {
     errors.BadRequest: 400,
     errors.Unauthenticated: 401,
     errors.PermissionDenied: 403,
     errors.NotFound: 404,
+    errors.RequestTimeout: 408,
     errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
@@ -63,7 +65,17 @@ async def _modelport_error(request: Request, exc: Exception) -> Response:
         headers = {"WWW-Authenticate": "Bearer"}
     if status >= 500:
         log.error("request %s failed: %s", getattr(request.state, "request_id", "-"), exc.code)
-    return error_response(status, exc.code, exc.message, exc.details, headers)
+    response = error_response(status, exc.code, exc.message, exc.details, headers)
+    exc.__traceback__ = None  # an idle worker thread may keep the error; its frames hold the request body
+    return response
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """Any other exception: the one JSON error shape with the request id; the type only in the log."""
+    request_id = getattr(request.state, "request_id", "-")
+    log.error("request %s failed: internal error (%s)", request_id, type(exc).__name__)
+    log.debug("request %s traceback", request_id, exc_info=exc)
+    return error_response(500, "internal", "internal error", {"request_id": request_id})
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -87,3 +99,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(errors.ModelportError, _modelport_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)

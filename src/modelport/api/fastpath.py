@@ -4,10 +4,14 @@ FastAPI resolves dependencies per request and runs sync ones in a thread pool; o
 microseconds that machinery costs more than the model (measured: ~15% of the server's CPU in
 ``solve_dependencies`` alone). ``FastPath`` serves exactly the inference routes (``POST
 /v1/models/{ref}/predict`` and ``POST /v2/models/{name}[/versions/{v}]/infer``) straight from the edge
-middleware, with the SAME checks in the same order (body limit, key, read permission, schema), by
-calling the same ``answer`` functions as the FastAPI routes, which stay registered for the OpenAPI
-description. Keys and reference resolution come from the one-second caches; a cache miss goes to the
-database in a worker thread, never on the event loop.
+middleware, with the SAME checks in the same order (body limit, key, ``infer`` permission and key scope,
+schema), by calling the same ``answer`` functions as the FastAPI routes, which stay registered for the
+OpenAPI description. Keys and reference resolution come from the one-second caches; a cache miss goes to
+the database in a worker thread, never on the event loop.
+
+The per-key rate limit (``auth/rate_limit.py``) is checked here, right after the key, and only here: the
+edge middleware sends every inference request this way, and the limiter's buckets belong to the event
+loop of this process.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from modelport.api.errors import error_response, status_of
 from modelport.api.routers.predict import answer
 from modelport.api.routers.v2 import answer_infer
 from modelport.auth.principals import ANONYMOUS_ADMIN, Principal
+from modelport.auth.rate_limit import RateLimiter
 from modelport.errors import ModelportError, TooManyRequests, Unauthenticated
 from modelport.serving.singleflight import SingleFlight
 
@@ -59,6 +64,7 @@ class FastPath:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self._keys: SingleFlight[Principal] = SingleFlight()
+        self.limiter = RateLimiter(default_rps=ctx.settings.rate_limit_rps, burst=ctx.settings.rate_limit_burst)
 
     async def principal(self, authorization: str | None) -> Principal:
         if not self.ctx.settings.auth:
@@ -79,6 +85,9 @@ class FastPath:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in WANTED}
         try:
             who = await self.principal(headers.get("authorization"))
+            rps = who.rate_limit_rps or self.limiter.default_rps
+            if rps and who.rate_bucket is not None:  # off (the default): these two tests are all it costs
+                self.limiter.take(who.rate_bucket, rps)
             body = await _read_body(receive)
             path = scope["path"]
             predict = PREDICT.match(path)
@@ -107,7 +116,9 @@ class FastPath:
                 err_headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
             elif isinstance(exc, Unauthenticated):
                 err_headers = {"WWW-Authenticate": "Bearer"}
-            await error_response(status_of(exc), exc.code, exc.message, exc.details, err_headers)(scope, receive, send)
+            response = error_response(status_of(exc), exc.code, exc.message, exc.details, err_headers)
+            exc.__traceback__ = None  # an idle worker thread may keep the error; its frames hold the body
+            await response(scope, receive, send)
             return
         raw_headers = [(b"content-type", media_type.encode()), (b"content-length", str(len(payload)).encode())]
         raw_headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]

@@ -7,13 +7,15 @@ import hmac
 import secrets
 import threading
 import time
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 
-from modelport.auth.principals import ROLES, Principal, Role
-from modelport.errors import BadRequest, KeyNotFound, Unauthenticated
+from modelport.auth.principals import ROLES, Principal, Role, Scope
+from modelport.errors import BadRequest, Conflict, KeyNotFound, PermissionDenied, Unauthenticated
 from modelport.refs import check_name
 from modelport.registry import audit
 from modelport.registry.db import Database
@@ -23,6 +25,7 @@ KEY_PREFIX = "mp_"
 SHOWN_PREFIX_LEN = 11
 CACHE_TTL_S = 1.0
 """A revoked key stops working within this many seconds on every process."""
+_N = TypeVar("_N", int, float)
 
 
 def hash_key(key: str) -> str:
@@ -35,6 +38,42 @@ def generate_key() -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """Per-key overrides of the server's limits; ``bucket`` names the rate bucket the key shares."""
+
+    rate_limit_rps: float | None = None
+    max_concurrent_jobs: int | None = None
+    bucket: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> KeyLimits:
+        data = data or {}
+        rps, jobs, bucket = data.get("rate_limit_rps"), data.get("max_concurrent_jobs"), data.get("bucket")
+        return cls(
+            rate_limit_rps=float(rps) if rps is not None else None,
+            max_concurrent_jobs=int(jobs) if jobs is not None else None,
+            bucket=str(bucket) if bucket is not None else None,
+        )
+
+    def to_json(self) -> dict[str, Any] | None:
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        return out or None
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    """Everything a key is but its secret."""
+
+    name: str
+    role: str = "member"
+    expires_at: datetime | None = None
+    scope: Scope | None = None
+    """None: the role's full rights."""
+    service_account: bool = False
+    limits: KeyLimits = KeyLimits()
+
+
+@dataclass(frozen=True, slots=True)
 class KeyInfo:
     id: str
     principal: str
@@ -44,9 +83,14 @@ class KeyInfo:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    scopes: dict[str, Any] | None
+    service_account: bool
+    rate_limit_rps: float | None
+    max_concurrent_jobs: int | None
 
 
 def _info(row: ApiKey) -> KeyInfo:
+    limits = KeyLimits.from_json(row.limits)
     return KeyInfo(
         id=row.id,
         principal=row.principal,
@@ -56,6 +100,39 @@ def _info(row: ApiKey) -> KeyInfo:
         created_at=row.created_at,
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
+        scopes=row.scopes,
+        service_account=bool(row.service_account),
+        rate_limit_rps=limits.rate_limit_rps,
+        max_concurrent_jobs=limits.max_concurrent_jobs,
+    )
+
+
+def _check_spec(spec: KeySpec) -> None:
+    check_name(spec.name, kind="principal")
+    if spec.role not in ROLES:
+        raise BadRequest(message=f"role must be one of {', '.join(ROLES)}")
+    if spec.expires_at is not None and spec.expires_at.tzinfo is None:
+        raise BadRequest(message="expires_at needs a time zone, e.g. 2030-01-01T00:00:00Z")
+    if spec.expires_at is not None and spec.expires_at <= utcnow():
+        raise BadRequest(message="expires_at must be in the future")
+    if spec.role != "admin" and spec.scope is not None and spec.scope.actions and "admin" in spec.scope.actions:
+        raise BadRequest(message="the 'admin' scope needs role admin")
+
+
+def _new_row(spec: KeySpec, secret: str, actor: str) -> ApiKey:
+    if len(secret) < 32:
+        raise BadRequest(message="an API key must be at least 32 characters")
+    return ApiKey(
+        id="key_" + secrets.token_hex(8),
+        principal=spec.name,
+        role=spec.role,
+        prefix=secret[:SHOWN_PREFIX_LEN],
+        hash=hash_key(secret),
+        created_by=actor,
+        expires_at=spec.expires_at,
+        scopes=spec.scope.to_json() if spec.scope is not None else None,
+        service_account=spec.service_account,
+        limits=spec.limits.to_json(),
     )
 
 
@@ -68,39 +145,125 @@ def create_key(
     expires_at: datetime | None = None,
     key: str | None = None,
     client: str | None = None,
+    scope: Scope | None = None,
+    service_account: bool = False,
+    limits: KeyLimits | None = None,
 ) -> tuple[KeyInfo, str]:
-    """Create a key for principal ``name``; return its record and the key itself (shown only now)."""
-    check_name(name, kind="principal")
-    if role not in ROLES:
-        raise BadRequest(message=f"role must be one of {', '.join(ROLES)}")
-    if expires_at is not None and expires_at.tzinfo is None:
-        raise BadRequest(message="expires_at needs a time zone, e.g. 2030-01-01T00:00:00Z")
-    if expires_at is not None and expires_at <= utcnow():
-        raise BadRequest(message="expires_at must be in the future")
+    """Create a key for principal ``name``; return its record and the key itself (shown only now).
+
+    No permission check: callers acting for someone use ``issue_key``."""
+    spec = KeySpec(name, role, expires_at, scope, service_account, limits or KeyLimits())
+    _check_spec(spec)
     secret = key or generate_key()
-    if len(secret) < 32:
-        raise BadRequest(message="an API key must be at least 32 characters")
-    row = ApiKey(
-        id="key_" + secrets.token_hex(8),
-        principal=name,
-        role=role,
-        prefix=secret[:SHOWN_PREFIX_LEN],
-        hash=hash_key(secret),
-        created_by=actor,
-        expires_at=expires_at,
-    )
+    row = _new_row(spec, secret, actor)
     with db.write() as s:
         s.add(row)
         s.flush()
-        audit.record(
-            s,
-            actor=actor,
-            action="key.create",
-            target=row.id,
-            client=client,
-            details={"principal": name, "role": role},
-        )
+        details: dict[str, Any] = {"principal": name, "role": role, "service_account": service_account}
+        if row.scopes is not None:
+            details["scopes"] = row.scopes
+        audit.record(s, actor=actor, action="key.create", target=row.id, client=client, details=details)
     return _info(row), secret
+
+
+def issue_key(db: Database, issuer: Principal, spec: KeySpec, *, client: str | None = None) -> tuple[KeyInfo, str]:
+    """Create a key on ``issuer``'s authority: admins any key; anyone else a key for themselves that is
+    no wider than the key they call with (role, actions, models, expiry, limits), inheriting those it
+    does not set and drawing from the same rate bucket."""
+    _check_spec(spec)
+    if not issuer.is_admin:
+        spec = _narrowed(db, issuer, spec)
+    return create_key(
+        db,
+        actor=issuer.name,
+        name=spec.name,
+        role=spec.role,
+        expires_at=spec.expires_at,
+        client=client,
+        scope=spec.scope,
+        service_account=spec.service_account,
+        limits=spec.limits,
+    )
+
+
+def _wider(what: str) -> PermissionDenied:
+    return PermissionDenied(action="create", target=f"a key wider than the key you call with ({what})")
+
+
+def _narrowed(db: Database, issuer: Principal, spec: KeySpec) -> KeySpec:
+    if spec.name != issuer.name:
+        raise PermissionDenied(action="create", target="keys for other principals (admins only)")
+    if spec.role == "admin" and issuer.role != "admin":
+        raise _wider("role admin")
+    with db.read() as s:
+        parent = s.get(ApiKey, issuer.key_id) if issuer.key_id is not None else None
+    if parent is None:
+        raise PermissionDenied(action="create", target="keys without an API key of your own")
+    scope = spec.scope
+    if issuer.scope is not None:
+        if scope is None:
+            scope = issuer.scope
+        else:
+            actions = scope.actions if scope.actions is not None else issuer.scope.actions
+            models = scope.models if scope.models is not None else issuer.scope.models
+            scope = Scope(actions=actions, models=models)
+        if not scope.within(issuer.scope):
+            raise _wider("its actions or models")
+    expires_at = spec.expires_at or parent.expires_at
+    if parent.expires_at is not None and expires_at is not None and expires_at > parent.expires_at:
+        raise _wider(f"it expires at {parent.expires_at.isoformat()}")
+    own = KeyLimits.from_json(parent.limits)
+    rps = _not_above(spec.limits.rate_limit_rps, own.rate_limit_rps, "rate limit")
+    jobs = _not_above(spec.limits.max_concurrent_jobs, own.max_concurrent_jobs, "concurrent jobs")
+    limits = KeyLimits(rate_limit_rps=rps, max_concurrent_jobs=jobs, bucket=own.bucket or parent.id)
+    return replace(spec, scope=scope, expires_at=expires_at, limits=limits)
+
+
+def _not_above(wanted: _N | None, own: _N | None, what: str) -> _N | None:
+    if own is None:
+        return wanted
+    if wanted is None:
+        return own
+    if wanted > own:
+        raise _wider(f"its {what} is {own}")
+    return wanted
+
+
+def rotate_key(
+    db: Database, issuer: Principal, key_id: str, *, grace_s: float, client: str | None = None
+) -> tuple[KeyInfo, KeyInfo, str]:
+    """A new key with the same principal, role, scopes, expiry and limits (and rate bucket); the old one
+    keeps working for ``grace_s`` seconds more, then expires. Returns (new, old, new secret).
+
+    Admins rotate any key; any other key may rotate itself."""
+    if not (issuer.is_admin or issuer.key_id == key_id):
+        raise PermissionDenied(action="rotate", target="other keys (admins only; a key may rotate itself)")
+    secret = generate_key()
+    now = utcnow()
+    with db.write() as s:
+        old = s.get(ApiKey, key_id)
+        if old is None:
+            raise KeyNotFound(key_id=key_id[:40])
+        if old.revoked_at is not None or (old.expires_at is not None and old.expires_at <= now):
+            raise Conflict(message=f"key {old.id} is revoked or expired; create a new key instead")
+        limits = KeyLimits.from_json(old.limits)
+        spec = KeySpec(
+            name=old.principal,
+            role=old.role,
+            expires_at=old.expires_at,
+            scope=Scope.from_json(old.scopes),
+            service_account=bool(old.service_account),
+            limits=replace(limits, bucket=limits.bucket or old.id),
+        )
+        new = _new_row(spec, secret, issuer.name)
+        s.add(new)
+        grace_end = now + timedelta(seconds=grace_s)
+        if old.expires_at is None or old.expires_at > grace_end:
+            old.expires_at = grace_end
+        s.flush()
+        details = {"principal": old.principal, "new_key": new.id, "grace_s": grace_s}
+        audit.record(s, actor=issuer.name, action="key.rotate", target=old.id, client=client, details=details)
+        return _info(new), _info(old), secret
 
 
 def list_keys(db: Database, *, include_revoked: bool = False) -> list[KeyInfo]:
@@ -123,9 +286,15 @@ def revoke_key(db: Database, *, actor: str, key_id: str, client: str | None = No
 
 
 def has_admin_key(db: Database) -> bool:
+    """Whether a live key may use the admin endpoints (an admin key scoped without ``admin`` may not)."""
     with db.read() as s:
-        q = select(ApiKey.id).where(ApiKey.role == "admin", ApiKey.revoked_at.is_(None)).limit(1)
-        return s.scalar(q) is not None
+        q = select(ApiKey.scopes).where(ApiKey.role == "admin", ApiKey.revoked_at.is_(None))
+        return any(_grants_admin(scopes) for scopes in s.scalars(q))
+
+
+def _grants_admin(scopes: Mapping[str, Any] | None) -> bool:
+    found = Scope.from_json(scopes)
+    return found is None or found.allows("admin")
 
 
 def ensure_admin_key(db: Database, given: str | None) -> str | None:
@@ -199,7 +368,17 @@ class KeyAuthenticator:
         if row is None or not hmac.compare_digest(row.hash, digest) or row.revoked_at is not None:
             return None, None
         role: Role = "admin" if row.role == "admin" else "member"
-        return Principal(name=row.principal, role=role, key_id=row.id), row.expires_at
+        limits = KeyLimits.from_json(row.limits)
+        principal = Principal(
+            name=row.principal,
+            role=role,
+            key_id=row.id,
+            scope=Scope.from_json(row.scopes),
+            rate_limit_rps=limits.rate_limit_rps,
+            rate_bucket=limits.bucket or row.id,
+            max_concurrent_jobs=limits.max_concurrent_jobs,
+        )
+        return principal, row.expires_at
 
     def forget(self) -> None:
         """Drop cached answers (after a revoke in this process, so it takes effect at once here)."""

@@ -16,6 +16,7 @@ from modelport.cli import (
     aliases,
     audit,
     datasets,
+    doctor,
     jobs,
     keys,
     models,
@@ -23,6 +24,7 @@ from modelport.cli import (
     perms,
     predict,
     serve,
+    store,
     train,
     upload,
     versions,
@@ -89,6 +91,8 @@ app.command("compare")(optimize.compare)
 app.command("worker")(worker.worker)
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(datasets.app, name="datasets")
+app.command("doctor")(doctor.doctor)
+app.add_typer(store.app, name="store")
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,9 +18,13 @@ from modelport.cli.output import (
     state,
 )
 
-app = group("Create, list and revoke API keys (admins).")
+app = group("Create, list, rotate and revoke API keys (admins; anyone may create a narrower key for themselves).")
 
-KEY_COLUMNS = ("id", "name", "role", "prefix", "created_at", "expires_at")
+KEY_COLUMNS = ("id", "name", "role", "prefix", "service_account", "scopes", "created_at", "expires_at")
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value is not None else None
 
 
 @app.command("create")
@@ -35,20 +39,71 @@ def create_key(
         float | None,
         typer.Option(min=0.001, help="Expire the key after this many days."),
     ] = None,
+    scope_actions: Annotated[
+        str | None,
+        typer.Option(help="Only these actions, comma-separated: infer, read, write, admin (e.g. infer,read)."),
+    ] = None,
+    scope_models: Annotated[
+        str | None,
+        typer.Option(help="Only these models, comma-separated names or prefixes ending in * (e.g. 'team-a-*')."),
+    ] = None,
+    service_account: Annotated[
+        bool, typer.Option("--service-account", help="Mark the key as a service account (CI, automation).")
+    ] = False,
+    rate_limit_rps: Annotated[
+        float | None, typer.Option(min=0.001, help="Inference requests per second for this key.")
+    ] = None,
+    max_concurrent_jobs: Annotated[
+        int | None, typer.Option(min=1, help="Queued plus running jobs allowed with this key.")
+    ] = None,
 ) -> None:
-    """Create an API key. The key is printed once: store it now, the server keeps only its hash."""
+    """Create an API key. The key is printed once: store it now, the server keeps only its hash.
+
+    Admins create any key; anyone else only a key for themselves, no wider than the key in use.
+    """
     if role not in ("member", "admin"):
         raise typer.BadParameter("use member or admin", param_hint="--role")
     expires_at = None
     if expires_in_days is not None:
         expires_at = datetime.now(UTC) + timedelta(days=expires_in_days)
+    scopes = None
+    if scope_actions is not None or scope_models is not None:
+        scopes = {"actions": _csv(scope_actions), "models": _csv(scope_models)}
     with client(ctx) as mp:
-        created = mp.create_key(name, role=role, expires_at=expires_at)
+        created = mp.create_key(
+            name,
+            role=role,
+            expires_at=expires_at,
+            scopes=scopes,
+            service_account=service_account,
+            rate_limit_rps=rate_limit_rps,
+            max_concurrent_jobs=max_concurrent_jobs,
+        )
+    _show_new(ctx, created)
+
+
+def _show_new(ctx: typer.Context, created: dict[str, Any]) -> None:
     if state(ctx).json:
         emit(ctx, created)
         return
     console.print(record({k: v for k, v in created.items() if k != "key"}, title="API key"))
     typer.echo(f"API key (shown once, store it now): {created['key']}")  # plain: never wrapped
+
+
+@app.command("rotate")
+def rotate_key(
+    ctx: typer.Context,
+    key_id: Annotated[str, typer.Argument(help="Key id from `modelport keys list` (key_...).")],
+    grace: Annotated[
+        float,
+        typer.Option(min=0, max=30 * 24 * 3600, help="Seconds the old key keeps working before it expires."),
+    ] = 3600,
+) -> None:
+    """Rotate a key without downtime: a new key with the same rights is printed once; the old one
+    keeps working for --grace seconds, then expires. Switch your clients to the new key meanwhile."""
+    with client(ctx) as mp:
+        created = mp.rotate_key(key_id, grace_s=grace)
+    _show_new(ctx, created)
 
 
 @app.command("list")

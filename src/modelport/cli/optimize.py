@@ -62,7 +62,10 @@ def optimize(
 ) -> None:
     """Prune, fine-tune, quantize or export a version; each step becomes a new version with a report.
 
-    Example: modelport optimize mnist-mlp:1 --prune 0.9 --finetune 2 --quantize int8 --data-path ../shared/data/mnist
+    Example: modelport optimize mnist-mlp:1 --prune 0.9 --finetune 2 --quantize int8
+
+    Evaluation, calibration and fine-tuning use the data the source was trained on, unless
+    --data-path, --dataset or --builtin says otherwise.
     """
     from modelport.client import optimize_spec
 
@@ -132,10 +135,12 @@ def compare(
     )
 
 
-def _data(path: str | None, kind: str, dataset: str | None, builtin: str | None) -> dict[str, Any]:
+def _data(path: str | None, kind: str, dataset: str | None, builtin: str | None) -> dict[str, Any] | None:
     given = [x for x in (path, dataset, builtin) if x is not None]
+    if not given:
+        return None  # the server uses what the source version was trained on
     if len(given) != 1:
-        raise typer.BadParameter("give exactly one of --data-path, --dataset, --builtin (the evaluation data)")
+        raise typer.BadParameter("give at most one of --data-path, --dataset, --builtin (the evaluation data)")
     if dataset is not None:
         return {"source": "dataset", "name": dataset}
     if builtin is not None:

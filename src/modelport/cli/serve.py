@@ -13,8 +13,6 @@ import typer
 from modelport.cli.output import EXIT_USAGE, fail
 
 if TYPE_CHECKING:
-    import socket
-
     from modelport.config import Settings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -29,6 +27,8 @@ def build_settings(
     log_level: str | None,
     job_workers: int | None = None,
     workers: int | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> Settings:
     """Settings from ``MODELPORT_*``, with every flag that was given taking precedence."""
     from pydantic import ValidationError
@@ -43,16 +43,33 @@ def build_settings(
         "log_level": log_level,
         "job_workers": job_workers,
         "workers": workers,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     if no_auth:
         overrides["auth"] = False
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         fail(f"invalid settings (flags or MODELPORT_* variables): {problems}")
         raise typer.Exit(EXIT_USAGE) from None
+    problem = _tls_problem(settings)
+    if problem:
+        fail(problem)
+        raise typer.Exit(EXIT_USAGE)
+    return settings
+
+
+def _tls_problem(settings: Settings) -> str | None:
+    cert, key = settings.tls_cert, settings.tls_key
+    if (cert is None) != (key is None):
+        return "TLS needs both --tls-cert and --tls-key (MODELPORT_TLS_CERT, MODELPORT_TLS_KEY)"
+    for path in (cert, key):
+        if path is not None and not path.is_file():
+            return f"TLS file not found: {path}"
+    return None
 
 
 class _UvicornStyle(logging.Formatter):
@@ -90,24 +107,6 @@ def _install_signal_handlers() -> None:
     signal.signal(signal.SIGINT, _exit_cleanly)
 
 
-def _server_class() -> type[Any]:
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn's server, announcing the bound address (the real port when 0 was asked)."""
-
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().startup(sockets=sockets)
-            if self.started and not self.should_exit:
-                host, port = self.config.host, self.config.port
-                if self.servers and self.servers[0].sockets:
-                    port = self.servers[0].sockets[0].getsockname()[1]
-                shown = f"[{host}]" if ":" in host else host
-                typer.echo(f"Modelport listening on http://{shown}:{port}")
-
-    return Server
-
-
 def serve(
     host: Annotated[
         str | None,
@@ -141,6 +140,14 @@ def serve(
         int | None,
         typer.Option(min=1, max=256, help="API processes sharing the port (each loads its own models) [default: 1]."),
     ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(help="PEM certificate (chain): serve HTTPS; needs --tls-key [default: $MODELPORT_TLS_CERT]."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(help="PEM private key of --tls-cert [default: $MODELPORT_TLS_KEY]."),
+    ] = None,
 ) -> None:
     """Run the Modelport server until Ctrl-C or SIGTERM.
 
@@ -148,7 +155,16 @@ def serve(
     MODELPORT_ADMIN_KEY gives one). A stop signal lets requests in flight finish, then exits 0.
     """
     settings = build_settings(
-        host, port, home, database_url, no_auth, log_level and log_level.lower(), job_workers, workers
+        host,
+        port,
+        home,
+        database_url,
+        no_auth,
+        log_level and log_level.lower(),
+        job_workers,
+        workers,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     if settings.log_level not in LOG_LEVELS:
         raise typer.BadParameter(f"use one of {', '.join(LOG_LEVELS)}", param_hint="--log-level")
@@ -156,19 +172,25 @@ def serve(
     run_server(settings)
 
 
-def _single_config(settings: Settings, app: Any) -> Any:
-    import uvicorn
-
-    return uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        proxy_headers=False,  # audit records the peer address; X-Forwarded-For is not trusted
-        timeout_graceful_shutdown=settings.graceful_timeout,
-        lifespan="on",
-    )
+def _warn_if_public(settings: Settings) -> None:
+    """On every interface, say which Host names are answered (the rest get 400) and whether TLS is on."""
+    if settings.host not in ("0.0.0.0", "::"):
+        return
+    if "*" not in settings.allowed_hosts:
+        names = ", ".join(settings.allowed_hosts)
+        typer.secho(
+            f"note: listening on all interfaces; requests by IP address and for these names are answered: {names}. "
+            "List the DNS names clients use (others get 400), e.g. "
+            """MODELPORT_ALLOWED_HOSTS='["models.example.com"]'""",
+            fg="yellow",
+            err=True,
+        )
+    if settings.tls_cert is None:
+        typer.secho(
+            "note: plain HTTP on all interfaces; keys travel in clear. Use --tls-cert/--tls-key or a TLS proxy.",
+            fg="yellow",
+            err=True,
+        )
 
 
 def run_server(settings: Settings) -> None:
@@ -181,6 +203,7 @@ def run_server(settings: Settings) -> None:
         typer.echo(f"Admin API key (shown once, store it now): {admin_key}")
     if not settings.auth:
         typer.secho("warning: authentication is OFF; every caller is an admin", fg="yellow", err=True)
+    _warn_if_public(settings)
     _install_signal_handlers()
     from modelport.jobs.worker import WorkerProcesses
 
@@ -192,6 +215,8 @@ def run_server(settings: Settings) -> None:
 
             serve_workers.run(settings, settings.workers)
         else:
-            _server_class()(_single_config(settings, create_app(settings))).run()
+            from modelport.cli.server import AnnouncingServer, uvicorn_config
+
+            AnnouncingServer(uvicorn_config(settings, create_app(settings))).run()
     finally:
         workers.stop()

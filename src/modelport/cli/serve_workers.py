@@ -36,23 +36,14 @@ def bind(host: str, port: int) -> socket.socket:
 
 def _child(settings_json: str, sock: socket.socket) -> None:
     """One API process: its own app on the shared socket, until SIGTERM (then drain and exit)."""
-    import uvicorn
-
     from modelport.api.app import create_app
     from modelport.cli.serve import configure_logging
+    from modelport.cli.server import Server, uvicorn_config
     from modelport.config import Settings
 
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log_level)
-    config = uvicorn.Config(
-        create_app(settings),
-        log_level=settings.log_level,
-        access_log=False,
-        proxy_headers=False,  # audit records the peer address; X-Forwarded-For is not trusted
-        timeout_graceful_shutdown=settings.graceful_timeout,
-        lifespan="on",
-    )
-    uvicorn.Server(config).run(sockets=[sock])
+    Server(uvicorn_config(settings, create_app(settings), bind=False)).run(sockets=[sock])
 
 
 def run(settings: Settings, count: int) -> None:
@@ -67,7 +58,8 @@ def run(settings: Settings, count: int) -> None:
     for child in children:
         child.start()
     shown = f"[{host}]" if ":" in host else host
-    typer.echo(f"Modelport listening on http://{shown}:{port} ({count} worker processes)")
+    scheme = "https" if settings.tls_cert else "http"
+    typer.echo(f"Modelport listening on {scheme}://{shown}:{port} ({count} worker processes)")
 
     stopping = False
 
@@ -77,6 +69,9 @@ def run(settings: Settings, count: int) -> None:
         for child in children:
             if child.pid is not None and child.is_alive():
                 child.terminate()  # SIGTERM: uvicorn drains requests in flight
+        # The children stop accepting on their copies of the socket; close ours too, so new
+        # connections are refused at once instead of waiting in the backlog until every child exits.
+        sock.close()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -314,14 +314,34 @@ def infer_v2(name: str, inputs: Mapping[str, Any], version: int | None) -> Call[
 
 
 # -- keys and audit --------------------------------------------------------------------------------
-def create_key(name: str, role: str, expires_at: datetime | str | None) -> Call[JSON]:
+def create_key(
+    name: str,
+    role: str,
+    expires_at: datetime | str | None,
+    scopes: Mapping[str, Sequence[str] | None] | None = None,
+    service_account: bool = False,
+    rate_limit_rps: float | None = None,
+    max_concurrent_jobs: int | None = None,
+) -> Call[JSON]:
     body: JSON = {"name": name, "role": role}
     if isinstance(expires_at, datetime):
         # A naive datetime means local time (Python's rule); the server needs an explicit zone.
         body["expires_at"] = (expires_at if expires_at.tzinfo else expires_at.astimezone()).isoformat()
     elif expires_at is not None:
         body["expires_at"] = expires_at
+    if scopes is not None:
+        body["scopes"] = {k: list(v) if v is not None else None for k, v in scopes.items()}
+    if service_account:
+        body["service_account"] = True
+    if rate_limit_rps is not None:
+        body["rate_limit_rps"] = rate_limit_rps
+    if max_concurrent_jobs is not None:
+        body["max_concurrent_jobs"] = max_concurrent_jobs
     return Call("POST", "/v1/keys", body=encode_json(body))
+
+
+def rotate_key(key_id: str, grace_s: float) -> Call[JSON]:
+    return Call("POST", f"/v1/keys/{seg(key_id)}/rotate", body=encode_json({"grace_s": grace_s}))
 
 
 def list_keys(include_revoked: bool) -> Call[list[JSON]]:

@@ -55,7 +55,7 @@ QUANTIZE_SHORT = {
 def optimize_spec(
     source: str,
     *,
-    data: Mapping[str, Any],
+    data: Mapping[str, Any] | None = None,
     prune: float | None = None,
     prune_method: str = "magnitude",
     scope: str = "global",
@@ -67,7 +67,8 @@ def optimize_spec(
 ) -> dict[str, Any]:
     """An optimize spec from a few options, in the order prune -> finetune -> export -> quantize.
 
-    ``prune`` is the target sparsity (or, with ``prune_method="structured"``, the fraction of neurons
+    ``data`` defaults (on the server) to what the source version was trained on. ``prune`` is the
+    target sparsity (or, with ``prune_method="structured"``, the fraction of neurons
     removed); ``quantize`` is ``int8`` (static, calibrated), ``int8-dynamic`` or ``int4`` (weight-only).
     The server checks the result like any spec, so a wrong option comes back as a 400 naming it.
     """
@@ -85,7 +86,10 @@ def optimize_spec(
     if quantize is not None:
         steps.append({"quantize": {"method": QUANTIZE_SHORT.get(quantize, quantize)}})
     register = {k: v for k, v in (("model", model), ("alias", alias)) if v is not None}
-    return {"source": source, "data": dict(data), "steps": steps, "register": register}
+    spec: dict[str, Any] = {"source": source, "steps": steps, "register": register}
+    if data is not None:
+        spec["data"] = dict(data)
+    return spec
 
 
 class EventFollower:

@@ -242,9 +242,32 @@ class Client(JobsMixin, DatasetsMixin, _Base):
         return self._send(calls.infer_v2(name, inputs, version))
 
     # -- keys, permissions, audit -------------------------------------------------------------------
-    def create_key(self, name: str, role: str = "member", expires_at: datetime | str | None = None) -> JSON:
-        """Create an API key for principal ``name`` (admins); the answer's ``key`` is shown only now."""
-        return self._send(calls.create_key(name, role, expires_at))
+    def create_key(
+        self,
+        name: str,
+        role: str = "member",
+        expires_at: datetime | str | None = None,
+        *,
+        scopes: Mapping[str, Sequence[str] | None] | None = None,
+        service_account: bool = False,
+        rate_limit_rps: float | None = None,
+        max_concurrent_jobs: int | None = None,
+    ) -> JSON:
+        """Create an API key for principal ``name``; the answer's ``key`` is shown only now.
+
+        Admins create any key; anyone else only a key for themselves no wider than the key in use.
+        ``scopes`` narrows it: ``{"actions": ["infer", "read"], "models": ["mnist", "team-a-*"]}``
+        (actions: infer, read, write, admin). ``service_account`` marks a key for CI;
+        ``rate_limit_rps`` and ``max_concurrent_jobs`` override the server's limits for this key.
+        """
+        return self._send(
+            calls.create_key(name, role, expires_at, scopes, service_account, rate_limit_rps, max_concurrent_jobs)
+        )
+
+    def rotate_key(self, key_id: str, grace_s: float = 3600) -> JSON:
+        """A new key with the same principal, rights and expiry (its ``key`` shown only now); the old
+        one keeps working for ``grace_s`` seconds, then expires. Admins, or a key rotating itself."""
+        return self._send(calls.rotate_key(key_id, grace_s))
 
     def list_keys(self, include_revoked: bool = False) -> list[JSON]:
         """API keys (admins): ids and prefixes, never the keys."""
@@ -432,8 +455,23 @@ class AsyncClient(AsyncJobsMixin, AsyncDatasetsMixin, _Base):
     async def infer_v2(self, name: str, inputs: Mapping[str, Any], version: int | None = None) -> JSON:
         return await self._send(calls.infer_v2(name, inputs, version))
 
-    async def create_key(self, name: str, role: str = "member", expires_at: datetime | str | None = None) -> JSON:
-        return await self._send(calls.create_key(name, role, expires_at))
+    async def create_key(
+        self,
+        name: str,
+        role: str = "member",
+        expires_at: datetime | str | None = None,
+        *,
+        scopes: Mapping[str, Sequence[str] | None] | None = None,
+        service_account: bool = False,
+        rate_limit_rps: float | None = None,
+        max_concurrent_jobs: int | None = None,
+    ) -> JSON:
+        return await self._send(
+            calls.create_key(name, role, expires_at, scopes, service_account, rate_limit_rps, max_concurrent_jobs)
+        )
+
+    async def rotate_key(self, key_id: str, grace_s: float = 3600) -> JSON:
+        return await self._send(calls.rotate_key(key_id, grace_s))
 
     async def list_keys(self, include_revoked: bool = False) -> list[JSON]:
         return await self._send(calls.list_keys(include_revoked))

@@ -39,6 +39,7 @@ STATUS_CLASSES: dict[int, type[ModelportError]] = {
     403: errors.PermissionDenied,
     404: errors.NotFound,
     409: errors.Conflict,
+    408: errors.RequestTimeout,
     413: errors.PayloadTooLarge,
     415: errors.UnsupportedMediaType,
     422: errors.ValidationFailed,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelport.auth.principals import Principal
 from modelport.config import Settings
-from modelport.errors import ModelNotFound, VersionNotFound
+from modelport.errors import BadRequest, ModelNotFound, VersionNotFound
 from modelport.jobs.kinds import (
     JobStopped,
     Prepared,
@@ -24,7 +24,7 @@ from modelport.jobs.kinds import (
     register_bundle,
 )
 from modelport.refs import check_name, parse_ref
-from modelport.registry import aliases, versions
+from modelport.registry import aliases, lineage, versions
 
 if TYPE_CHECKING:
     from modelport.jobs.queue import Claimed
@@ -41,10 +41,11 @@ def check_optimize_spec(raw: Any, principal: Principal, settings: Settings) -> O
     check_name(spec.registration.model or ref.name)
     if spec.registration.alias:
         check_name(spec.registration.alias, kind="alias")
-    if spec.data.source == "dataset":
-        check_name(str(spec.data.name), kind="dataset")
-    if spec.data.path is not None:
-        check_data_path(spec.data.path, principal, settings)
+    if spec.data is not None:
+        if spec.data.source == "dataset":
+            check_name(str(spec.data.name), kind="dataset")
+        if spec.data.path is not None:
+            check_data_path(spec.data.path, principal, settings)
     return spec
 
 
@@ -57,7 +58,8 @@ class OptimizeKind:
 
     def prepare(self, spec: dict[str, Any], principal: Principal, settings: Settings) -> Prepared:
         checked = check_optimize_spec(spec, principal, settings)
-        datasets = (str(checked.data.name),) if checked.data.source == "dataset" else ()
+        data = checked.data
+        datasets = (str(data.name),) if data is not None and data.source == "dataset" else ()
         return Prepared(spec=spec, target=target_of(checked), datasets=datasets, sources=(checked.source,))
 
     def run(self, job: Claimed, env: RunEnv) -> dict[str, Any]:
@@ -68,6 +70,11 @@ class OptimizeKind:
         spec = check_optimize_spec(job.spec, job.owner, env.settings)
         target = target_of(spec)
         source_view = versions.get_by_ref(env.db, job.owner, parse_ref(spec.source))
+        if spec.data is None:
+            data = training_data_of(env, job.owner, source_view)
+            spec = check_optimize_spec({**job.spec, "data": data}, job.owner, env.settings)
+            env.report({"type": "log", "message": f"data: {data.get('source')} (what the source was trained on)"})
+        assert spec.data is not None
         source_ref = f"{source_view.model}:{source_view.version}"
         source = _working(env, source_ref, source_view.manifest, source_view.files)
         env.report({"type": "started", "source": source_ref, "steps": [s.kind for s in spec.steps]})
@@ -89,6 +96,29 @@ class OptimizeKind:
             number = int(last.rsplit(":", 1)[1])
             aliases.set_alias(env.db, job.owner, target, spec.registration.alias, number, client=f"job:{job.id}")
         return {"model": target, "source": source_ref, "versions": [s["ref"] for s in summaries], "steps": summaries}
+
+
+def training_data_of(env: RunEnv, owner: Principal, version: Any) -> dict[str, Any]:
+    """The ``data`` section of the job that made ``version`` or, failing that, its nearest ancestor's.
+
+    Train and optimize jobs keep their spec, so a version they registered knows what it was trained
+    and measured on. The owner's rights are checked again on the result (``check_optimize_spec``).
+    """
+    from modelport.jobs.tables import Job
+
+    for link in lineage.chain(env.db, owner, version.model, version.version):
+        job_id = link.get("job")
+        if not job_id:
+            continue
+        with env.db.read() as s:
+            found = s.get(Job, str(job_id))
+        data = found.spec.get("data") if found is not None and found.kind in ("train", "optimize") else None
+        if isinstance(data, dict):
+            return data  # a training spec's preprocess is ignored: the version's manifest records it
+    raise BadRequest(
+        message=f"optimize needs data: {version.model}:{version.version} was not made by a Modelport job, "
+        "so give data (e.g. {source: mnist, path: ...}) in the spec or --data-path"
+    )
 
 
 def _working(env: RunEnv, ref: str, manifest: dict[str, Any], files: list[Any]) -> Working:

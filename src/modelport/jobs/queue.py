@@ -25,14 +25,16 @@ from sqlalchemy.orm import Session
 
 from modelport.auth.principals import Principal
 from modelport.config import Settings
-from modelport.errors import BadRequest, JobFinished, JobNotFound
+from modelport.errors import BadRequest, JobFinished, JobNotFound, TooManyRequests
 from modelport.jobs import events, kinds
 from modelport.jobs.tables import JOB_STATUSES, TERMINAL, Job
-from modelport.registry import audit
+from modelport.registry import acl, audit
 from modelport.registry.db import Database
 from modelport.registry.tables import utcnow
 
 ACTIVE = ("queued", "running")
+QUOTA_RETRY_S = 30
+"""Retry-After of a submit refused by the concurrent-job quota."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +131,13 @@ def submit(
 ) -> JobView:
     """Validate the spec (400 with the field path) and queue the job; a sweep queues its trials too."""
     prepared = kinds.get(kind).prepare(spec, principal, settings)
+    acl.check_new_model(principal, prepared.target)  # the key's scope: jobs need "write" on their target
     kinds.check_target(db, principal, prepared.target)
     kinds.check_datasets(db, principal, prepared.datasets)
     kinds.check_sources(db, principal, prepared.sources)
     job = _new_job(principal, kind, prepared.spec, settings, meta=prepared.meta)
     with db.write() as s:
+        _check_quota(s, principal, settings)
         s.add(job)
         s.flush()
         if prepared.trials:
@@ -145,6 +149,27 @@ def submit(
             s, actor=principal.name, action="job.submit", target=f"job:{job.id}", details=details, client=client
         )
         return view(job, with_spec=True)
+
+
+def _check_quota(s: Session, principal: Principal, settings: Settings) -> None:
+    """429 when the principal already has its most queued plus running jobs (a sweep counts once).
+
+    Counted inside the submit's write transaction: serialized on SQLite; on PostgreSQL two submits at
+    the same instant may both pass."""
+    limit = principal.max_concurrent_jobs or settings.max_concurrent_jobs_per_principal
+    if not limit:
+        return
+    active = s.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.owner == principal.name, Job.status.in_(ACTIVE), Job.parent_id.is_(None))
+    )
+    if (active or 0) >= limit:
+        raise TooManyRequests(
+            message=f"job quota reached: {principal.name!r} has {active} queued or running jobs, the most "
+            f"allowed is {limit}; wait for one to end or cancel one",
+            retry_after=QUOTA_RETRY_S,
+        )
 
 
 def _add_trials(s: Session, parent: Job, trials: list[kinds.Trial], principal: Principal, settings: Settings) -> None:

@@ -1,7 +1,9 @@
 """Worker processes: claim a queued job, run it with a heartbeat, end it; never lose one.
 
 A worker is one process running one job at a time (``modelport worker``; ``modelport serve`` starts
-``--job-workers N`` of them). Jobs never run in the API's process, so training cannot stall inference.
+``--job-workers N`` of them). Jobs never run in the API's process, so training cannot stall inference,
+and not in the worker's either: each runs in a process of its own (``process.py``) under a memory and a
+time limit, so a job that runs out of either is failed and the worker takes the next one.
 
 While a job runs, a :class:`Lease` thread marks it alive every ``job_heartbeat_s`` and reads its
 ``cancel_requested`` flag. The job polls ``should_stop``, which turns true on a cancel request, on
@@ -27,29 +29,21 @@ import uuid
 from collections.abc import Callable
 
 from modelport.config import Settings
-from modelport.errors import ModelportError
-from modelport.jobs import events, kinds, queue
-from modelport.jobs.kinds import JobFailed, JobStopped, RunEnv
+from modelport.jobs import kinds, queue
+from modelport.jobs.process import MAX_ERROR_CHARS as MAX_ERROR_CHARS
+from modelport.jobs.process import JobProcess, Outcome, start_forkserver
+from modelport.jobs.process import public_message as public_message
 from modelport.registry.db import Database
-from modelport.store.local import LocalBlobStore
+from modelport.store.local import open_store
 
 log = logging.getLogger("modelport.worker")
 
 SECRET_ENV = ("MODELPORT_ADMIN_KEY", "MODELPORT_KEY")
 """Never handed to a worker process: a job runs code from a spec and must not hold the server's keys."""
-MAX_ERROR_CHARS = 1000
 
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-def public_message(exc: BaseException, settings: Settings) -> str:
-    """What a caller may read about a failure: the message, without server paths."""
-    text = exc.message if isinstance(exc, ModelportError) else f"{type(exc).__name__}: {exc}"
-    for path, shown in ((settings.home.resolve(), "$MODELPORT_HOME"), (settings.home, "$MODELPORT_HOME")):
-        text = text.replace(str(path), shown)
-    return text[:MAX_ERROR_CHARS]
 
 
 class Lease(threading.Thread):
@@ -103,7 +97,7 @@ class Worker:
         self.id = worker_id or new_worker_id()
         self.parent_pid = parent_pid
         self.db = Database(settings)
-        self.store = LocalBlobStore(settings.blobs_dir, settings.tmp_dir)
+        self.store = open_store(settings)  # the same master key as the server: jobs read blobs too
         self._stop = threading.Event()
         self._last_reap = 0.0
 
@@ -152,10 +146,8 @@ class Worker:
         lease.start()
         workdir = kinds.workdir_of(self.settings, job.id)
         workdir.mkdir(parents=True, exist_ok=True)
-        sink = events.EventSink(self.db, job.id, self.id, on_lost=lease.mark_lost)
-        env = RunEnv(self.db, self.store, self.settings, workdir, sink, lease.should_stop)
         try:
-            status = self._run(job, env, lease)
+            status = self._run(job, lease)
         finally:
             lease.close()
         if status in ("failed", "cancelled") or (status == "succeeded" and job.parent_id is None):
@@ -163,20 +155,27 @@ class Worker:
         log.info("job %s ended %s after %.1fs", job.id, status, time.monotonic() - started)
         return status
 
-    def _run(self, job: queue.Claimed, env: RunEnv, lease: Lease) -> str:
-        try:
-            result = kinds.get(job.kind).run(job, env)
-        except JobStopped:
+    def _run(self, job: queue.Claimed, lease: Lease) -> str:
+        outcome = self._outcome(job, lease)
+        if outcome.status == "stopped":
+            if outcome.lost:
+                lease.mark_lost()
             return self._stopped(job, lease)
-        except (JobFailed, ModelportError) as exc:
-            return self._end(job, "failed", error=public_message(exc, self.settings))
-        except Exception as exc:  # any failure of the job ends the job, not the worker
-            log.error("job %s failed: %s", job.id, type(exc).__name__)
-            log.debug("job %s traceback", job.id, exc_info=True)
-            return self._end(job, "failed", error=public_message(exc, self.settings))
+        if outcome.status == "failed":
+            log.warning("job %s failed: %s", job.id, outcome.error)
+            return self._end(job, "failed", error=outcome.error)
         if lease.lost:
             return "lost"
-        return self._end(job, "succeeded", result=result)
+        return self._end(job, "succeeded", result=outcome.result)
+
+    def _outcome(self, job: queue.Claimed, lease: Lease) -> Outcome:
+        """Run the job in its own process (memory and time limits) and say how it ended."""
+        try:
+            child = JobProcess(self.settings, job, self.id)
+        except Exception as exc:  # noqa: BLE001 - e.g. no memory left to fork: the job fails, the worker stays
+            log.error("job %s: could not start its process (%s)", job.id, type(exc).__name__)
+            return Outcome("failed", error=f"could not start the job's process ({type(exc).__name__})")
+        return child.wait(lease.should_stop, self.settings.job_timeout_s)
 
     def _stopped(self, job: queue.Claimed, lease: Lease) -> str:
         reason = lease.reason()
@@ -196,9 +195,10 @@ class Worker:
 
 
 def warm_up() -> None:
-    """Import the training stack once at start, so a claimed job starts training at once."""
-    with contextlib.suppress(ImportError):
-        import modelport.training.run  # noqa: F401
+    """Start the job processes' fork server now (it imports the training stack once), so a claimed job
+    starts training at once."""
+    with contextlib.suppress(OSError):
+        start_forkserver()
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -208,9 +208,20 @@ def worker_env(settings: Settings) -> dict[str, str]:
     if settings.database_url:
         env["MODELPORT_DATABASE_URL"] = settings.database_url
     for name in Settings.model_fields:
-        if name.startswith("job_") and name != "job_data_dirs":
-            env[f"MODELPORT_{name.upper()}"] = str(getattr(settings, name))
+        value = getattr(settings, name)
+        if name.startswith("job_") and name != "job_data_dirs" and value is not None:
+            env[f"MODELPORT_{name.upper()}"] = str(value)
     env["MODELPORT_LOG_LEVEL"] = settings.log_level
+    # Workers decrypt blobs (datasets, source versions) and store new ones, so they get the server's
+    # master key exactly: the value in effect, not whatever the environment happens to hold. It is
+    # passed in the environment (readable by this user only, never on a command line or in a log).
+    env.pop("MODELPORT_MASTER_KEY", None)
+    env.pop("MODELPORT_MASTER_KEY_FILE", None)
+    if settings.master_key:
+        env["MODELPORT_MASTER_KEY"] = settings.master_key
+    if settings.master_key_file:
+        env["MODELPORT_MASTER_KEY_FILE"] = str(settings.master_key_file.resolve())
+    env["MODELPORT_ENCRYPTION"] = settings.encryption
     return env
 
 

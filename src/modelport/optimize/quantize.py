@@ -11,7 +11,9 @@ Three methods, none of which retrains:
     data, so no range is computed per call. Needs a preprocessed calibration set.
 ``int4_weight``
     4-bit weights, symmetric, one fp32 scale per block of ``block_size`` along the input (K) axis;
-    activations stay fp32. Written here rather than with ORT's ``MatMulNBitsQuantizer``: that one
+    activations stay fp32. Blocks of 64 are the default: on a 20-epoch LeNet-300-100 (1.88% error)
+    blocks of 128 lost 0.16 point (2.04%), 64 lost 0.06 at 0.144x the size, 32 no better at 0.160x.
+    Written here rather than with ORT's ``MatMulNBitsQuantizer``: that one
     needs the ``onnx_ir`` package, which we do not ship, and its fp32 block scales plus K padding
     left a LeNet-300-100 at ~0.152x of fp32, over our 0.15x size floor. Each weight becomes an
     INT4 initializer plus its scales feeding a standard blocked ``DequantizeLinear`` (opset 21), so
@@ -60,7 +62,7 @@ def quantize_onnx(
     *,
     calibration: np.ndarray | None = None,
     input_name: str = "input",
-    block_size: int = 128,
+    block_size: int = 64,
 ) -> dict[str, Any]:
     """Write ``src`` quantized with ``method`` to ``dst`` (one file, weights inline); return report facts.
 

@@ -8,8 +8,11 @@ the same way in the same process, so the ratios compare like with like.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +46,28 @@ def measure(
     counts: tuple[int, int] | None = None,
     latency: bool = True,
     repeats: int = 30,
+    cores: int | None = 1,
 ) -> dict[str, Any]:
-    """Size, parameter counts, accuracy and latency of the version in ``folder``."""
+    """Size, parameter counts, accuracy and latency of the version in ``folder``.
+
+    With ``cores``, the process is pinned to that many CPUs while the version is loaded and timed,
+    so the loaders size their thread pools as a server pinned the same way would (the RSW-1 serving
+    benchmark pins its server to one core). Parent and child are then compared per core, and the
+    figure does not swing with whatever else the machine is running on its other cores.
+    """
+    with _pinned(cores):
+        return _measure(folder, manifest, sample, counts=counts, latency=latency, repeats=repeats)
+
+
+def _measure(
+    folder: Path,
+    manifest: Manifest,
+    sample: Sample,
+    *,
+    counts: tuple[int, int] | None,
+    latency: bool,
+    repeats: int,
+) -> dict[str, Any]:
     predictor = formats.get(manifest.format).load(folder, manifest)
     try:
         name_in = manifest.signature.inputs[0].name
@@ -124,6 +147,24 @@ def count_parameters(folder: Path, manifest: Manifest) -> tuple[int, int]:
         tensors = [p.detach() for p in net.parameters()]
         return sum(t.numel() for t in tensors), sum(int(torch.count_nonzero(t)) for t in tensors)
     return 0, 0
+
+
+@contextlib.contextmanager
+def _pinned(cores: int | None) -> Iterator[None]:
+    """Run the block on the first ``cores`` CPUs this process may use (torch threads to match)."""
+    if cores is None or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    threads = torch.get_num_threads()
+    chosen = set(sorted(before)[:cores])
+    os.sched_setaffinity(0, chosen)
+    torch.set_num_threads(len(chosen))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+        torch.set_num_threads(threads)
 
 
 def _classes(manifest: Manifest) -> int:

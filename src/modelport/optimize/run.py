@@ -103,5 +103,11 @@ def _measure(
     folder: Path, manifest: Manifest, sample: reports.Sample, spec: OptimizeSpec, counts: tuple[int, int] | None
 ) -> dict[str, Any]:
     return reports.measure(
-        folder, manifest, sample, counts=counts, latency=spec.evaluation.latency, repeats=spec.evaluation.repeats
+        folder,
+        manifest,
+        sample,
+        counts=counts,
+        latency=spec.evaluation.latency,
+        repeats=spec.evaluation.repeats,
+        cores=spec.evaluation.cores,
     )

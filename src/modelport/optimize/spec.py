@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from modelport.errors import BadRequest
 from modelport.store.bundle import describe_validation_error
-from modelport.training.spec import DataSpec, ModelSpec, OptimizerSpec, TrainOptions
+from modelport.training.spec import DataSpec, ModelSpec, OptimizerSpec, ScheduleSpec, TrainOptions
 
 MAX_STEPS = 16
 PRUNE_METHODS = ("random", "magnitude", "taylor", "structured")
@@ -47,6 +47,8 @@ class FinetuneSpec(_Strict):
 
     epochs: int = Field(default=2, ge=1, le=1000)
     optimizer: OptimizerSpec = Field(default_factory=lambda: OptimizerSpec(name="adam", lr=1e-4))
+    schedule: ScheduleSpec | None = None
+    """A learning-rate schedule over the fine-tuning epochs (e.g. cosine), as in a training spec."""
     batch_size: int = Field(default=128, ge=1, le=1 << 20)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
@@ -98,7 +100,7 @@ class QuantizeSpec(_Strict):
     method: Literal["int8_dynamic", "int8_static", "int4_weight"] = "int8_static"
     calibration_samples: int = Field(default=2000, ge=1, le=1_000_000)
     storage: Literal["onnx", "compressed"] = "onnx"
-    block_size: int = Field(default=128, ge=16, le=4096)
+    block_size: int = Field(default=64, ge=16, le=4096)
     """int4_weight: weights per scale along the input axis (a power of two)."""
 
     @model_validator(mode="after")
@@ -190,11 +192,14 @@ class Evaluation(_Strict):
     latency: bool = True
     """Measure batch-1 and batch-256 latency through the serving runtime (parent and child)."""
     repeats: int = Field(default=30, ge=3, le=10_000)
+    cores: int | None = Field(default=1, ge=1, le=1024)
+    """CPUs the serving runtime is pinned to while measuring (null: all the worker may use)."""
 
 
 class OptimizeSpec(_Strict):
     source: str = Field(min_length=1, max_length=200)
-    data: DataSpec
+    data: DataSpec | None = None
+    """Default: the data the source version (or its nearest ancestor made by a job) was trained on."""
     steps: list[Step] = Field(min_length=1, max_length=MAX_STEPS)
     registration: Register = Field(default_factory=Register, alias="register")
     """``register`` in the file (pydantic reserves the name)."""

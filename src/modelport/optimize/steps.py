@@ -131,7 +131,13 @@ def _finetune(model: nn.Sequential, options: FinetuneSpec, ctx: Context, masks: 
     data = Data(torch.from_numpy(ctx.examples.x_train), torch.from_numpy(ctx.examples.y_train))
     release = pruning.hold_masks(model, masks)
     try:
-        run = Run(epochs=options.epochs, optimizer=options.optimizer, batch_size=options.batch_size, seed=options.seed)
+        run = Run(
+            epochs=options.epochs,
+            optimizer=options.optimizer,
+            batch_size=options.batch_size,
+            seed=options.seed,
+            schedule=options.schedule,
+        )
         train(model, head, objective, data, run, report=ctx.report, should_stop=ctx.should_stop)
     finally:
         release()

@@ -1,6 +1,13 @@
-"""Aliases: named pointers to versions, set, moved and removed atomically."""
+"""Aliases: named pointers to versions, set, moved and removed atomically, with their history.
+
+The history is the audit log's ``alias.set`` / ``alias.delete`` rows (append-only, written in the same
+transaction as the change), so "which version was production on date X" has one source of truth.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
 
@@ -55,7 +62,7 @@ def set_alias(
             actor=principal.name,
             action="alias.set",
             target=f"{model.name}@{alias}",
-            details={"version": number, "previous": previous},
+            details={"version": number, "previous": previous, "model_id": model.id},
             client=client,
         )
         return AliasView(
@@ -88,7 +95,7 @@ def delete_alias(
             actor=principal.name,
             action="alias.delete",
             target=f"{model.name}@{alias}",
-            details={"previous": previous},
+            details={"previous": previous, "model_id": model.id},
             client=client,
         )
 
@@ -107,3 +114,52 @@ def list_aliases(db: Database, principal: Principal, model_name: str) -> list[Al
             )
             for a in rows
         ]
+
+
+@dataclass(frozen=True, slots=True)
+class AliasMove:
+    """One change of an alias: the version it pointed to from ``at`` on (None: deleted then)."""
+
+    version: int | None
+    previous: int | None
+    at: datetime
+    by: str
+    client: str | None
+
+
+def alias_history(db: Database, principal: Principal, model_name: str, alias: str) -> list[AliasMove]:
+    """Every set, move and delete of ``alias``, oldest first; readers of the model may ask.
+
+    Only this model's changes: rows of an earlier, deleted model of the same name are left out (they
+    predate this model's creation, and newer rows carry the model id).
+    """
+    check_name(alias, kind="alias")
+    with db.read() as s:
+        model, _ = visible_model(s, principal, model_name, "read")
+        rows = audit.target_history(
+            s, target=f"{model.name}@{alias}", actions=("alias.set", "alias.delete"), since=model.created_at
+        )
+        model_id = model.id
+    return [
+        AliasMove(
+            version=r.details.get("version") if r.action == "alias.set" else None,
+            previous=r.details.get("previous"),
+            at=r.at,
+            by=r.actor,
+            client=r.client,
+        )
+        for r in rows
+        if r.details.get("model_id", model_id) == model_id
+    ]
+
+
+def alias_at(db: Database, principal: Principal, model_name: str, alias: str, when: datetime) -> AliasMove:
+    """The change in force at ``when`` (timezone-aware); AliasNotFound if the alias did not exist then."""
+    current = None
+    for move in alias_history(db, principal, model_name, alias):
+        if move.at > when:
+            break
+        current = move
+    if current is None or current.version is None:
+        raise AliasNotFound(model=model_name, alias=alias)
+    return current

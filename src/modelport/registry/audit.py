@@ -1,4 +1,7 @@
-"""Append-only audit records: every write, who made it, when and from where."""
+"""Append-only audit records: every write and every refused request (403), who, when and from where.
+
+Rows are only ever added: nothing here (or anywhere) updates or deletes them.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from modelport.registry.db import Database
 from modelport.registry.tables import AuditRecord
+
+DENIED = "denied"
+"""The action of a request refused with 403 (the route's template is the target)."""
 
 
 def record(
@@ -30,6 +37,47 @@ def record(
             details=details or {},
             client=client,
         )
+    )
+
+
+def record_denial(
+    db: Database,
+    *,
+    actor: str,
+    method: str,
+    route: str,
+    params: dict[str, str],
+    client: str | None,
+) -> None:
+    """Append a ``denied`` row in its own transaction: ``actor`` was refused ``method route``.
+
+    The target is the route template, never the raw path; the path parameters go to the details, each
+    cut to 100 characters, so a caller cannot write arbitrary amounts into the log.
+    """
+    with db.write() as s:
+        record(
+            s,
+            actor=actor[:63],
+            action=DENIED,
+            target=f"{method} {route}"[:255],
+            details={"params": {k[:40]: v[:100] for k, v in list(params.items())[:8]}},
+            client=client[:64] if client else None,
+        )
+
+
+def target_history(session: Session, *, target: str, actions: tuple[str, ...], since: datetime) -> list[AuditEntry]:
+    """Rows for exactly ``target`` with one of ``actions``, recorded at or after ``since``, oldest first."""
+    q = (
+        select(AuditRecord)
+        .where(AuditRecord.target == target, AuditRecord.action.in_(actions), AuditRecord.at >= since)
+        .order_by(AuditRecord.id)
+    )
+    return [_entry(r) for r in session.scalars(q)]
+
+
+def _entry(r: AuditRecord) -> AuditEntry:
+    return AuditEntry(
+        id=r.id, at=r.at, actor=r.actor, action=r.action, target=r.target, details=r.details, client=r.client
     )
 
 
@@ -63,15 +111,4 @@ def list_entries(
         q = q.where(AuditRecord.action.startswith(action, autoescape=True))
     if target_prefix:
         q = q.where(AuditRecord.target.startswith(target_prefix, autoescape=True))
-    return [
-        AuditEntry(
-            id=r.id,
-            at=r.at,
-            actor=r.actor,
-            action=r.action,
-            target=r.target,
-            details=r.details,
-            client=r.client,
-        )
-        for r in session.scalars(q)
-    ]
+    return [_entry(r) for r in session.scalars(q)]

@@ -22,11 +22,12 @@ from typing import Any, BinaryIO
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from modelport.auth.principals import Principal
+from modelport.auth.principals import Principal, missing_scope
 from modelport.errors import BadRequest, DatasetExists, DatasetNotFound, InvalidArtifact, UnsafeFormat
 from modelport.refs import check_name
 from modelport.registry import audit
 from modelport.registry.db import Database
+from modelport.registry.quotas import check_storage
 from modelport.registry.tables import Dataset
 from modelport.store.bundle import check_bundle_path
 from modelport.store.local import LocalBlobStore
@@ -109,11 +110,14 @@ def _check_parquet(path: Path, filename: str) -> None:
 def _check_npz(path: Path, filename: str) -> None:
     import numpy as np
 
+    from modelport.training.data.npz import check_member
+
     try:
         with np.load(path, allow_pickle=False) as archive:
             if not isinstance(archive, np.lib.npyio.NpzFile) or not archive.files:
                 raise InvalidArtifact(message=f"{filename!r} is not an NPZ archive of arrays")
             for key in archive.files:
+                check_member(archive, key)  # declared size and dtype from the header, before numpy allocates
                 archive[key]  # each array is read in full: an object array needs pickle and raises here
     except ValueError as exc:
         if "pickle" in str(exc):
@@ -165,6 +169,9 @@ def create_dataset(
 ) -> DatasetView:
     """Check, store and register an uploaded dataset owned by the caller (the row commits last)."""
     check_name(name, kind="dataset")
+    if principal.scope is not None and not principal.scope.allows("write"):
+        raise missing_scope("write", f"dataset {name!r}")
+    check_storage(db, principal, [stream])
     clean = check_bundle_path(filename)
     fmt = format_of(clean, format)
     if len(description) > MAX_DESCRIPTION:

@@ -20,13 +20,13 @@ from modelport.store.bundle import describe_validation_error
 
 class Route(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=2**31 - 1)
     weight: float = Field(gt=0, le=1_000_000)
 
 
 class Shadow(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=2**31 - 1)
     percent: float = Field(default=100.0, gt=0, le=100)
     """Share of the default reference's requests mirrored to the shadow version."""
 

@@ -68,8 +68,9 @@ def create_model(
     tags: list[str] | None = None,
     client: str | None = None,
 ) -> ModelView:
-    """Create a model owned by the caller."""
+    """Create a model owned by the caller (a scoped key: only a name inside its patterns, with ``write``)."""
     check_name(name)
+    acl.check_new_model(principal, name)
     clean_tags = _check_tags(tags or [])
     with db.write() as s:
         if s.scalar(select(Model.id).where(Model.name == name)) is not None:

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -139,6 +141,12 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    scopes: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """``{"actions": [...] | null, "models": [...] | null}``; null: the role's full rights."""
+    service_account: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), nullable=False)
+    """A key for automation (CI), not a person; listed as such."""
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """``{"rate_limit_rps", "max_concurrent_jobs", "bucket"}`` (each optional); null: the server defaults."""
 
 
 class AuditRecord(Base):

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 from modelport import formats
 from modelport.auth.principals import Principal
 from modelport.errors import BadRequest, InvalidManifest, UnsupportedFormat
-from modelport.registry import versions
+from modelport.registry import quotas, versions
 from modelport.registry.db import Database
 from modelport.registry.models import visible_model
 from modelport.registry.views import VersionView
@@ -125,6 +125,7 @@ def create_version(
     """
     with db.read() as s:
         visible_model(s, principal, model_name, "write")  # fail before any work
+    quotas.check_storage(db, principal, [f.stream for f in files])
     given = parse_manifest_input(manifest_json)
     staging, names = _stage(store, files)
     try:

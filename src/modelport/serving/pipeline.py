@@ -123,15 +123,17 @@ class Pipeline:
         )
 
     def _preprocess(self, arr: np.ndarray) -> np.ndarray:
-        for step in self.manifest.preprocess:
-            if step.scale is not None:  # overflow shows up as Infinity, refused below
-                arr = arr * step.scale
-            elif step.shift is not None:
-                arr = arr + step.shift
-            elif step.normalize is not None:
-                arr = normalize_array(arr, step.normalize.mean, step.normalize.std)
-            elif step.reshape is not None:
-                arr = arr.reshape(arr.shape[0], *step.reshape)
+        # Overflow shows up as Infinity and 0/0 as NaN, both refused in _check_shape: no warning per request.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for step in self.manifest.preprocess:
+                if step.scale is not None:
+                    arr = arr * step.scale
+                elif step.shift is not None:
+                    arr = arr + step.shift
+                elif step.normalize is not None:
+                    arr = normalize_array(arr, step.normalize.mean, step.normalize.std)
+                elif step.reshape is not None:
+                    arr = arr.reshape(arr.shape[0], *step.reshape)
         return arr
 
     def _check_shape(self, spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
@@ -248,13 +250,16 @@ def normalize_array(arr: np.ndarray, mean: float | list[float], std: float | lis
     if m.ndim == 0 and sd.ndim == 0:
         return (arr - m) / sd
     n = max(m.size, sd.size)
+    if m.size not in (1, n) or sd.size not in (1, n):
+        raise InvalidInput(message=f"normalize has {m.size} means and {sd.size} stds: give one, or one per channel")
     if arr.ndim > 2 and arr.shape[1] == n:
         shape = (1, n) + (1,) * (arr.ndim - 2)
     elif arr.shape[-1] == n:
         shape = (1,) * (arr.ndim - 1) + (n,)
     else:
         raise InvalidInput(message=f"normalize has {n} means/stds, which fits neither the channels nor features")
-    return (arr - m.reshape(shape)) / sd.reshape(shape)
+    # a single value (scalar or one-element list) applies to every channel; a list of n is reshaped
+    return (arr - m.reshape(shape if m.size == n else ())) / sd.reshape(shape if sd.size == n else ())
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

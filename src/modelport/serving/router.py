@@ -1,4 +1,4 @@
-"""Reference -> version resolution, traffic split and shadow, and the read check, cached for a second.
+"""Reference -> version resolution, traffic split and shadow, and the ``infer`` check, cached for a second.
 
 The hot path must not hit the database on every request; a moved alias, a changed deployment, a revoked
 permission or a new version is seen within ``TTL_S`` on every process (each process keeps its own
@@ -77,23 +77,28 @@ class Router:
 
     # -- the hot path -----------------------------------------------------------------------------
     def cached(self, principal: Principal, ref_text: str) -> Resolution | None:
-        """The answer from the caches alone (no database), or None when either is stale or missing."""
+        """The answer from the caches alone (no database), or None when either is stale or missing.
+
+        The ``infer`` decision (key scope included) is ``acl.decide``, as on every other path."""
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(ref_text)
             if hit is None or now - hit[0] > TTL_S:
                 return None
             resolution = hit[1]
-            if principal.is_admin:
-                return resolution
-            role = self._roles.get((principal.name, resolution.model_id))
-        if role is None or now - role[0] > TTL_S:
-            return None
-        if role[1] is None:
-            raise ModelNotFound(name=resolution.model)
+            if principal.role == "admin":
+                if principal.scope is None:
+                    return resolution  # what acl.decide answers for an unscoped admin, without the call
+                role: str | None = "owner"
+            else:
+                granted = self._roles.get((principal.name, resolution.model_id))
+                if granted is None or now - granted[0] > TTL_S:
+                    return None
+                role = granted[1]
+        acl.decide(principal, resolution.model, role, "infer")
         return resolution
 
-    def route(self, principal: Principal, ref_text: str) -> Resolution:
+    def route(self, principal: Principal, ref_text: str, action: acl.Action = "infer") -> Resolution:
         """Resolve ``ref_text`` (may read the database: call off the event loop on a cache miss)."""
         parse_ref(ref_text)  # validate before the text becomes a cache key
         now = time.monotonic()
@@ -107,13 +112,12 @@ class Router:
                 self._cache[ref_text] = (now, resolution)
         else:
             resolution = hit[1]
-        if self._role(principal, resolution.model_id, resolution.model, now) is None:
-            raise ModelNotFound(name=resolution.model)
+        acl.decide(principal, resolution.model, self._role(principal, resolution.model_id, now), action)
         return resolution
 
-    def resolve(self, principal: Principal, ref_text: str) -> Target:
+    def resolve(self, principal: Principal, ref_text: str, action: acl.Action = "infer") -> Target:
         """One target for ``ref_text`` (a weighted pick when the model splits traffic)."""
-        return self.route(principal, ref_text).pick()
+        return self.route(principal, ref_text, action).pick()
 
     # -- database lookups -------------------------------------------------------------------------
     def _lookup(self, principal: Principal, ref_text: str) -> Resolution:
@@ -161,8 +165,10 @@ class Router:
             model_id=model.id, model=model.name, version_id=version.id, version=version.number, manifest=manifest
         )
 
-    def _role(self, principal: Principal, model_id: int, model_name: str, now: float) -> str | None:
-        if principal.is_admin:
+    def _role(self, principal: Principal, model_id: int, now: float) -> str | None:
+        """The role a permission row grants (cached per principal name; the key's scope is applied by
+        ``acl.decide`` on every request, so keys of one principal with different scopes share it)."""
+        if principal.role == "admin":
             return "owner"
         key = (principal.name, model_id)
         with self._lock:
@@ -170,7 +176,7 @@ class Router:
         if hit is not None and now - hit[0] <= TTL_S:
             return hit[1]
         with self.db.read() as s:
-            role = acl.role_of(s, principal, load_model(s, model_name))
+            role = acl.granted_role(s, principal.name, model_id)
         with self._lock:
             if len(self._roles) > 100_000:
                 self._roles.clear()

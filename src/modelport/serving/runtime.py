@@ -188,11 +188,7 @@ class ModelRuntime:
 
     # -- loading ----------------------------------------------------------------------------------
     def _file_sizes(self, manifest: Manifest) -> list[int]:
-        sizes = []
-        for sha in manifest.files.values():
-            path = self.store.path_of(sha)
-            sizes.append(path.stat().st_size if path.is_file() else 0)
-        return sizes
+        return [self.store.size_of(sha) for sha in manifest.files.values()]
 
     def _load(self, manifest: Manifest) -> Pipeline:
         folder = self.store.new_tmp_path(".load")

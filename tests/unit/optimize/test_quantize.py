@@ -138,19 +138,19 @@ def test_int4_weights_are_blocked_int4(quantized: dict[str, tuple[Path, dict[str
     inits = {t.name: t for t in model.graph.initializer}
     dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
     assert len(dqs) == facts["weights_quantized"] == 3
-    assert facts["block_size"] == 128
+    assert facts["block_size"] == 64
     assert _ops(path) == {"DequantizeLinear", "Gemm", "Relu"}
     assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {21}
     assert model.ir_version >= 10
     shapes = []
     for node in dqs:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        assert attrs == {"axis": 1, "block_size": 128}  # transB=1: K is axis 1
+        assert attrs == {"axis": 1, "block_size": 64}  # transB=1: K is axis 1
         weight, scale = inits[node.input[0]], inits[node.input[1]]
         assert weight.data_type == TensorProto.INT4
         shapes.append((list(weight.dims), list(scale.dims)))
-    # K = 784, 300, 100: the last block is partial, and a K under the block size is one block
-    assert shapes == [([300, 784], [300, 7]), ([100, 300], [100, 3]), ([10, 100], [10, 1])]
+    # K = 784, 300, 100 in blocks of 64: the last block of each is partial
+    assert shapes == [([300, 784], [300, 13]), ([100, 300], [100, 5]), ([10, 100], [10, 2])]
     scales = {n.input[1] for n in dqs}
     assert not [
         t.name

@@ -1,8 +1,11 @@
-"""/v1/models/{name}/aliases: set, move and delete aliases atomically."""
+"""/v1/models/{name}/aliases: set, move and delete aliases atomically; their history."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
@@ -35,3 +38,20 @@ def delete_alias(name: str, alias: str, ctx: Ctx, who: Caller, client: Client) -
     aliases.delete_alias(ctx.db, who, name, alias, client=client)
     ctx.forget_caches()
     return Response(status_code=204)
+
+
+@router.get("/{alias}/history", summary="Every move of an alias, or (with ?at=) the version it pointed to then")
+def alias_history(
+    name: str,
+    alias: str,
+    ctx: Ctx,
+    who: Caller,
+    at: Annotated[datetime | None, Query(description="an ISO 8601 time; without a zone, UTC")] = None,
+) -> Response:
+    if at is None:
+        return json_response({"items": aliases.alias_history(ctx.db, who, name, alias)})
+    when = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    move = aliases.alias_at(ctx.db, who, name, alias, when)
+    return json_response(
+        {"model": name, "alias": alias, "at": when, "version": move.version, "since": move.at, "by": move.by}
+    )

@@ -19,7 +19,7 @@ def list_audit(
     ctx: Ctx,
     _: Admin,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before_id: Annotated[int | None, Query(ge=1)] = None,
+    before_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     actor: Annotated[str | None, Query(max_length=63)] = None,
     action: Annotated[str | None, Query(max_length=64)] = None,
     target: Annotated[str | None, Query(max_length=255)] = None,

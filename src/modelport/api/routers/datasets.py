@@ -80,7 +80,7 @@ def list_datasets(
     ctx: Ctx,
     who: Caller,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Response:
     items, total = datasets.list_datasets(ctx.db, who, limit=limit, offset=offset)
     return json_response(page(items, total, limit, offset))

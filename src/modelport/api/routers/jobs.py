@@ -42,7 +42,7 @@ def list_jobs(
     kind: Annotated[str | None, Query(max_length=16)] = None,
     parent: Annotated[str | None, Query(max_length=64, description="the trials of this sweep")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Response:
     items, total = queue.list_jobs(ctx.db, who, status=status, kind=kind, parent=parent, limit=limit, offset=offset)
     return json_response(page(items, total, limit, offset))
@@ -79,7 +79,7 @@ async def job_events(
     ctx: Ctx,
     who: Caller,
     last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[int | None, Query(ge=0, description="same as the Last-Event-ID header")] = None,
+    after: Annotated[int | None, Query(ge=0, le=2**31 - 1, description="same as the Last-Event-ID header")] = None,
 ) -> Response:
     view = await anyio.to_thread.run_sync(queue.get_job, ctx.db, who, job_id)
     start = after if after is not None else _event_number(last_event_id)

@@ -49,7 +49,7 @@ def list_models(
     prefix: Annotated[str | None, Query(max_length=63)] = None,
     tag: Annotated[str | None, Query(max_length=63)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Response:
     items, total = models.list_models(ctx.db, who, prefix=prefix, tag=tag, limit=limit, offset=offset)
     return json_response(page(items, total, limit, offset))

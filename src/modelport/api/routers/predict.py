@@ -78,10 +78,10 @@ async def answer(
         ctx.metrics.observe_prediction(ref.split(":")[0].split("@")[0][:63], None, 0.0, ok=False)
         raise
     if accept is not None and raw.MEDIA_TYPE in accept:
-        payload, headers = raw.render(prediction)
+        payload, headers = raw.render(prediction, max_bytes=ctx.settings.max_output_bytes)
         result = Answer(payload, raw.MEDIA_TYPE, headers)
     else:
-        result = Answer(native.render(prediction), "application/json", {})
+        result = Answer(native.render(prediction, max_bytes=ctx.settings.max_output_bytes), "application/json", {})
     ctx.metrics.observe_prediction(
         prediction.target.model, prediction.target.version, time.perf_counter() - started, ok=True
     )

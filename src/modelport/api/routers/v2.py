@@ -87,7 +87,7 @@ async def answer_infer(
     require_json(content_type)
     arrays, request_id, wanted = v2.parse_infer(body)
     prediction = await ctx.inference.predict(who, _ref(name, version), arrays)
-    return v2.render_infer(prediction, request_id, wanted)
+    return v2.render_infer(prediction, request_id, wanted, max_bytes=ctx.settings.max_output_bytes)
 
 
 async def _infer(ctx: Ctx, who: Principal, request: Request, name: str, version: str | None) -> Response:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+from collections.abc import Iterator
+from typing import IO, Annotated
+from urllib.parse import quote
 
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
-from starlette.responses import FileResponse, Response
+from starlette.responses import Response, StreamingResponse
 
 from modelport.api.deps import Caller, Client, Ctx
 from modelport.api.routers._json import json_response, page
@@ -20,6 +23,7 @@ from modelport.registry.uploads import UploadedFile
 router = APIRouter(prefix="/v1/models/{name}/versions", tags=["versions"])
 
 MAX_UPLOAD_FILES = 64
+DOWNLOAD_CHUNK = 1024 * 1024
 
 
 class VersionUpdate(BaseModel):
@@ -85,7 +89,7 @@ def list_versions(
     ctx: Ctx,
     who: Caller,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Response:
     items, total = versions.list_versions(ctx.db, who, name, limit=limit, offset=offset)
     return json_response(page(items, total, limit, offset))
@@ -129,14 +133,33 @@ def delete_version(name: str, version: str, ctx: Ctx, who: Caller, client: Clien
 )
 def download_file(name: str, version: str, path: str, ctx: Ctx, who: Caller) -> Response:
     sha, _ = versions.find_file(ctx.db, who, name, parse_version(version), path)
-    ctx.store.verify(sha)  # a tampered blob is refused, never sent
-    filename = path.rsplit("/", 1)[-1]
-    return FileResponse(
-        ctx.store.path_of(sha),
-        filename=filename,
+    # Decrypted and hash-checked whole before the first byte goes out: a damaged blob is refused with
+    # integrity_error, never sent in part. The plaintext copy is an anonymous temp file, gone on close.
+    plain = ctx.store.open_verified(sha)
+    size = os.fstat(plain.fileno()).st_size
+    return StreamingResponse(
+        _chunks(plain),
         media_type="application/octet-stream",
-        headers={"X-Content-SHA256": sha},
+        headers={
+            "Content-Length": str(size),
+            "Content-Disposition": _attachment(path.rsplit("/", 1)[-1]),
+            "X-Content-SHA256": sha,
+        },
     )
+
+
+def _chunks(plain: IO[bytes]) -> Iterator[bytes]:
+    with plain:
+        while chunk := plain.read(DOWNLOAD_CHUNK):
+            yield chunk
+
+
+def _attachment(filename: str) -> str:
+    """The Content-Disposition FileResponse would send (RFC 6266, UTF-8 names percent-encoded)."""
+    quoted = quote(filename)
+    if quoted != filename:
+        return f"attachment; filename*=utf-8''{quoted}"
+    return f'attachment; filename="{filename}"'
 
 
 @router.get("/{version}/report", summary="What this version gained and lost against its parent (optimize jobs)")

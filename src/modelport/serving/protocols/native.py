@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import orjson
 
-from modelport.errors import InvalidInput
+from modelport.errors import InvalidInput, PayloadTooLarge
 from modelport.serving.service import Prediction
+
+MAX_OUTPUT_BYTES = 64 * 1024 * 1024
+"""Default of ``Settings.max_output_bytes``: the largest answer a prediction may produce."""
 
 
 def parse_body(body: bytes) -> Any:
@@ -24,7 +28,22 @@ def parse_body(body: bytes) -> Any:
     return data["inputs"]
 
 
-def render(prediction: Prediction) -> bytes:
+def check_output_size(prediction: Prediction, max_bytes: int) -> None:
+    """413 before any post-processing or encoding when the model's tensors pass ``max_bytes``."""
+    if sum(np.asarray(v).nbytes for v in prediction.outputs.values()) > max_bytes:
+        raise PayloadTooLarge(limit=max_bytes, what="the model's output")
+
+
+def check_answer_size(body: bytes, max_bytes: int) -> bytes:
+    """The encoded answer, or 413 when it passes ``max_bytes`` (JSON text can be 4x the tensors)."""
+    if len(body) > max_bytes:
+        raise PayloadTooLarge(limit=max_bytes, what="the encoded answer")
+    return body
+
+
+def render(prediction: Prediction, *, max_bytes: int = MAX_OUTPUT_BYTES) -> bytes:
+    """JSON answer; NaN and Infinity become null, so it is always valid JSON."""
+    check_output_size(prediction, max_bytes)
     outputs, predictions = prediction.pipeline.decode(prediction.outputs, single=prediction.single)
     body: dict[str, Any] = {
         "model": prediction.target.model,
@@ -33,4 +52,4 @@ def render(prediction: Prediction) -> bytes:
     }
     if predictions is not None:
         body["predictions"] = predictions
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return check_answer_size(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), max_bytes)

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from modelport.errors import InvalidInput
+from modelport.serving.protocols.native import MAX_OUTPUT_BYTES, check_output_size
 from modelport.serving.service import Prediction
 
 MEDIA_TYPE = "application/octet-stream"
@@ -45,15 +46,18 @@ def parse(body: bytes, shape_header: str | None, dtype_header: str | None) -> np
     dtype = np.dtype(DTYPES[dtype_name])
     expected = math.prod(shape) * dtype.itemsize
     if len(body) != expected:
+        details = {"expected_bytes": expected, "got_bytes": len(body)}
+        if expected >= 2**63:  # declared by the caller: more than JSON's 64-bit integers hold, so only in words
+            del details["expected_bytes"]
         raise InvalidInput(
-            message=f"body has {len(body)} bytes but shape {shape} of {dtype_name} needs {expected}",
-            details={"expected_bytes": expected, "got_bytes": len(body)},
+            message=f"body has {len(body)} bytes but shape {shape} of {dtype_name} needs {expected}", details=details
         )
     return np.frombuffer(body, dtype=dtype).reshape(shape)
 
 
-def render(prediction: Prediction) -> tuple[bytes, dict[str, str]]:
+def render(prediction: Prediction, *, max_bytes: int = MAX_OUTPUT_BYTES) -> tuple[bytes, dict[str, str]]:
     """The primary output (after softmax/sigmoid) as raw bytes, and the headers that describe it."""
+    check_output_size(prediction, max_bytes)
     tensors, _ = prediction.pipeline.postprocess(prediction.outputs)
     name = next(iter(tensors))
     arr = np.asarray(tensors[name])

@@ -10,6 +10,7 @@ import orjson
 
 from modelport.errors import InvalidInput
 from modelport.formats.base import Tensors
+from modelport.serving.protocols.native import MAX_OUTPUT_BYTES, check_answer_size, check_output_size
 from modelport.serving.service import Prediction
 from modelport.store.bundle import TensorSpec
 
@@ -61,12 +62,14 @@ def parse_infer(body: bytes) -> tuple[Tensors, str | None, list[str] | None]:
         if not isinstance(item, dict):
             raise InvalidInput(message="each input must be an object with name, shape, datatype, data")
         name, shape, dtype = item.get("name"), item.get("shape"), item.get("datatype")
-        if not isinstance(name, str) or not isinstance(shape, list) or dtype not in V2_TO_NUMPY:
+        # the datatype is looked up only when it is a string: a list or an object is unhashable
+        if not (isinstance(name, str) and isinstance(shape, list) and isinstance(dtype, str) and dtype in V2_TO_NUMPY):
             raise InvalidInput(message=f"input needs name, shape and a datatype among {', '.join(V2_TO_NUMPY)}")
         if not all(isinstance(d, int) and d >= 0 for d in shape) or len(shape) > 8:
             raise InvalidInput(message=f"input {name[:64]!r}: shape must be a list of non-negative integers")
         try:
-            arr = np.asarray(item.get("data"), dtype=V2_TO_NUMPY[dtype])
+            with np.errstate(over="ignore", invalid="ignore"):  # 1e300 as FP16 is Infinity: refused later
+                arr = np.asarray(item.get("data"), dtype=V2_TO_NUMPY[dtype])
         except (ValueError, TypeError, OverflowError):
             raise InvalidInput(message=f"input {name[:64]!r}: data does not match datatype {dtype}") from None
         if arr.size != math.prod(shape):
@@ -78,7 +81,11 @@ def parse_infer(body: bytes) -> tuple[Tensors, str | None, list[str] | None]:
     return arrays, request_id, wanted
 
 
-def render_infer(prediction: Prediction, request_id: str | None, wanted: list[str] | None) -> bytes:
+def render_infer(
+    prediction: Prediction, request_id: str | None, wanted: list[str] | None, *, max_bytes: int = MAX_OUTPUT_BYTES
+) -> bytes:
+    """The V2 answer; NaN and Infinity become null, so it is always valid JSON."""
+    check_output_size(prediction, max_bytes)
     tensors, _ = prediction.pipeline.postprocess(prediction.outputs)
     names = [n for n in tensors if wanted is None or n in wanted]
     outputs = []
@@ -100,7 +107,7 @@ def render_infer(prediction: Prediction, request_id: str | None, wanted: list[st
     }
     if request_id is not None:
         body["id"] = request_id
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return check_answer_size(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), max_bytes)
 
 
 def tensor_metadata(specs: list[TensorSpec]) -> list[dict[str, Any]]:

@@ -8,7 +8,9 @@ size must match the payload exactly, so a truncated or padded file is refused, n
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +44,24 @@ def parse_idx(data: bytes) -> np.ndarray:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file; ``.gz`` files are decompressed (bounded, so a gzip bomb cannot exhaust memory)."""
+    """Read an IDX file; ``.gz`` files are decompressed only as far as their header declares (plus one
+    byte, to notice a longer payload), so a gzip bomb cannot make us inflate more than that."""
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        with gzip.open(path, "rb") as f:
-            raw = f.read(MAX_ELEMENTS + 4 + 4 * MAX_DIMS + 1)
+        try:
+            raw = _gunzip_declared(path)
+        except (OSError, EOFError, zlib.error):  # BadGzipFile is an OSError
+            raise InvalidArtifact(message="IDX file is not valid gzip (damaged or truncated)") from None
     return parse_idx(raw)
+
+
+def _gunzip_declared(path: Path) -> bytes:
+    with gzip.open(path, "rb") as f:
+        head = f.read(4)
+        ndim = head[3] if len(head) == 4 and head[3] <= MAX_DIMS else 0
+        head += f.read(4 * ndim)
+        count = math.prod(struct.unpack(f">{ndim}I", head[4:])) if len(head) == 4 + 4 * ndim else 0
+        return head + f.read(min(count, MAX_ELEMENTS) + 1)
 
 
 def load_mnist(folder: Path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:

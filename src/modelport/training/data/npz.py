@@ -6,6 +6,7 @@ Arrays: ``x`` and ``y`` (names configurable with ``features``/``target``), optio
 
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 
@@ -40,11 +41,39 @@ def load_npz(path: Path, *, x_key: str = "x", y_key: str = "y") -> Source:
 
 
 def _read(archive: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
-    """One array, after checking its uncompressed size in the zip directory (no decompression bomb)."""
-    directory = archive.zip
-    if directory is not None and directory.getinfo(f"{key}.npy").file_size > MAX_ARRAY_BYTES:
-        raise InvalidArtifact(message=f"array {key!r} is larger than {MAX_ARRAY_BYTES} bytes")
+    """One array, after checking its declared size (no decompression or allocation bomb)."""
+    check_member(archive, key)
     return np.asarray(archive[key])
+
+
+def check_member(archive: np.lib.npyio.NpzFile, key: str) -> None:
+    """Refuse an array before numpy allocates it: numpy allocates the shape an ``.npy`` header declares
+    before reading any data, so a 300-byte member can declare terabytes. The declared bytes must fit
+    in the member's uncompressed size (from the zip directory, itself capped), and an object dtype
+    (which needs pickle) is refused from the header alone."""
+    directory = archive.zip
+    if directory is None:
+        return
+    info = directory.getinfo(f"{key}.npy")
+    if info.file_size > MAX_ARRAY_BYTES:
+        raise InvalidArtifact(message=f"array {key!r} is larger than {MAX_ARRAY_BYTES} bytes")
+    with directory.open(info) as member:
+        try:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        except (ValueError, OSError, EOFError):
+            raise InvalidArtifact(message=f"array {key!r} has an unreadable .npy header") from None
+        header_bytes = member.tell()
+    if dtype.hasobject:
+        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")  # the callers' pickle path
+    declared = math.prod(int(d) for d in shape) * dtype.itemsize
+    if declared > info.file_size - header_bytes:
+        raise InvalidArtifact(
+            message=f"array {key!r} declares {declared} bytes but holds {max(info.file_size - header_bytes, 0)}"
+        )
 
 
 def _numeric(arr: np.ndarray, key: str) -> np.ndarray:

@@ -1,0 +1,166 @@
+"""uvicorn as ``modelport serve`` runs it: TLS, the limits against slow clients, draining on SIGTERM.
+
+Both ``serve`` (one process) and ``serve --workers N`` (each child) build their uvicorn config here, so
+the two cannot drift apart. What uvicorn does not do by itself, and this module adds:
+
+- a deadline for a request's line and headers (uvicorn waits forever for a connection that sends
+  nothing, or a header a second: slowloris), and a cap on their size with httptools (uvicorn applies
+  ``h11_max_incomplete_event_size`` to h11 only);
+- on the first stop signal, the app is told to drain: requests already admitted finish, new ones get
+  503 (uvicorn stops accepting connections, and closes idle ones, at the same moment).
+
+The body of a request has its own deadline in the app (``api/guards.py::BodyWatch``), which knows when
+the route is waiting for the client rather than busy, and covers any ASGI server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from types import FrameType
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import typer
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+if TYPE_CHECKING:
+    from modelport.config import Settings
+
+STATUS_LINES = {408: b"HTTP/1.1 408 Request Timeout", 431: b"HTTP/1.1 431 Request Header Fields Too Large"}
+
+
+class HeaderDeadlines:
+    """Connections waiting for a request's headers, and since when: one timer per server checks them
+    all (a timer per request would cost ~2 µs on every request of every kept-alive connection)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.tick_s = min(1.0, timeout_s / 4)
+        self.waiting: dict[GuardedHttp, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, conn: GuardedHttp) -> None:
+        self.waiting[conn] = conn.loop.time()
+        if self._timer is None:
+            self._timer = conn.loop.call_later(self.tick_s, self._tick, conn.loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        too_old = loop.time() - self.timeout_s
+        for conn, since in list(self.waiting.items()):
+            if since <= too_old:
+                conn.headers_too_slow()
+        if self.waiting:
+            self._timer = loop.call_later(self.tick_s, self._tick, loop)
+
+
+class GuardedHttp(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline for request headers and a cap on their size."""
+
+    max_header_bytes: ClassVar[int] = 32 * 1024
+    deadlines: ClassVar[HeaderDeadlines] = HeaderDeadlines(10.0)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_bytes = 0
+        self._awaiting_headers = True
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
+        super().connection_made(transport)
+        self.deadlines.start(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.deadlines.waiting.pop(self, None)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._awaiting_headers:
+            self._header_bytes += len(data)
+            if self not in self.deadlines.waiting:  # first byte of the next request on a kept-alive connection
+                self.deadlines.start(self)
+        super().data_received(data)
+        if self._awaiting_headers and self._header_bytes > self.max_header_bytes:
+            self._refuse(431)
+
+    def on_headers_complete(self) -> None:
+        self.deadlines.waiting.pop(self, None)
+        self._awaiting_headers = False
+        self._header_bytes = 0
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        self._awaiting_headers = True
+        super().on_response_complete()
+
+    def headers_too_slow(self) -> None:
+        if self._header_bytes:
+            self._refuse(408)
+            return
+        self.deadlines.waiting.pop(self, None)
+        if not self.transport.is_closing():
+            self.transport.close()  # connected and sent nothing: nothing to answer
+
+    def _refuse(self, status: int) -> None:
+        self.deadlines.waiting.pop(self, None)
+        self._awaiting_headers = False
+        if self.transport.is_closing():
+            return
+        self.transport.write(STATUS_LINES[status] + b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        self.transport.close()
+
+
+def guarded_http(settings: Settings) -> type[GuardedHttp]:
+    """The protocol class for uvicorn's ``http=`` option: the header limits of ``settings``, and a
+    deadline watch of its own (one per server, so one event loop)."""
+    limits = {
+        "max_header_bytes": settings.max_header_bytes,
+        "deadlines": HeaderDeadlines(settings.request_header_timeout_s),
+    }
+    return type("GuardedHttp", (GuardedHttp,), limits)
+
+
+def uvicorn_config(settings: Settings, app: Any, *, bind: bool = True) -> uvicorn.Config:
+    """The uvicorn config of ``modelport serve``; ``bind=False`` for a child given a bound socket."""
+    where: dict[str, Any] = {"host": settings.host, "port": settings.port} if bind else {}
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        where.update(ssl_certfile=str(settings.tls_cert), ssl_keyfile=str(settings.tls_key))
+    return uvicorn.Config(
+        app,
+        log_level=settings.log_level,
+        access_log=False,
+        proxy_headers=False,  # audit records the peer address; X-Forwarded-For is not trusted
+        timeout_graceful_shutdown=settings.graceful_timeout,
+        lifespan="on",
+        http=guarded_http(settings),
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        **where,
+    )
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, telling the app to drain at the first stop signal; with ``announce``, it
+    prints the bound address (the real port when 0 was asked)."""
+
+    announce: ClassVar[bool] = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        drain = getattr(self.config.app, "drain", None)
+        if callable(drain):
+            drain()
+        super().handle_exit(sig, frame)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.announce and self.started and not self.should_exit:
+            host, port = self.config.host, self.config.port
+            if self.servers and self.servers[0].sockets:
+                port = self.servers[0].sockets[0].getsockname()[1]
+            shown = f"[{host}]" if ":" in host else host
+            scheme = "https" if self.config.ssl_certfile else "http"
+            typer.echo(f"Modelport listening on {scheme}://{shown}:{port}")
+
+
+class AnnouncingServer(Server):
+    announce = True
