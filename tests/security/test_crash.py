@@ -139,11 +139,29 @@ def test_kill_during_many_uploads_keeps_registry_and_store_consistent(home: Path
             except httpx.TransportError:
                 return
 
+    moves: list[int] = []
+
+    def alias_mover() -> None:  # alias moves in flight too: the kill may land in the middle of one
+        while not stop.is_set():
+            if not done:
+                time.sleep(0.01)
+                continue
+            try:
+                target = done[len(moves) % len(done)]
+                r = httpx.put(
+                    f"{url}/v1/models/many/aliases/production", json={"version": target}, headers=HEADERS, timeout=30
+                )
+                if r.status_code == 200:
+                    moves.append(target)
+            except httpx.TransportError:
+                return
+
     threads = [threading.Thread(target=uploader, args=(i,)) for i in range(3)]
+    threads.append(threading.Thread(target=alias_mover))
     for t in threads:
         t.start()
     deadline = time.monotonic() + 30
-    while len(done) < 4 and time.monotonic() < deadline:
+    while (len(done) < 4 or len(moves) < 3) and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -158,6 +176,11 @@ def test_kill_during_many_uploads_keeps_registry_and_store_consistent(home: Path
         listed = httpx.get(f"{url}/v1/models/many/versions", headers=HEADERS, params={"limit": 500}).json()
         assert listed["total"] == count
         r = httpx.post(f"{url}/v1/models/many/predict", json={"inputs": [0] * 784}, headers=HEADERS)
+        assert r.status_code == 200
+        assert moves, "no alias move finished before the kill"
+        model = httpx.get(f"{url}/v1/models/many", headers=HEADERS).json()
+        assert 1 <= model["aliases"]["production"] <= count  # the alias names a version that exists
+        r = httpx.post(f"{url}/v1/models/many@production/predict", json={"inputs": [0] * 784}, headers=HEADERS)
         assert r.status_code == 200
         assert not list((home / "tmp").iterdir())
     finally:
