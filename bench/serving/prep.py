@@ -24,7 +24,9 @@ KEY = os.environ.get(
 async def upload(home: Path) -> None:
     app = create_app(Settings(home=home, admin_key=KEY))
     headers = {"Authorization": f"Bearer {KEY}"}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p", headers=headers) as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1", headers=headers
+    ) as c:
         await c.post("/v1/models", json={"name": "mlp", "description": "RSW-1 reference MLP"})
         onnx = (WORK / "models" / "mlp.onnx").read_bytes()
         r = await c.post("/v1/models/mlp/versions", files=[("file", ("mlp.onnx", onnx, "application/octet-stream"))])

@@ -2,8 +2,8 @@
 
 The CLI's ``optimize`` follows a prune -> finetune -> quantize chain and prints the reports, ``compare``
 puts two versions side by side, the SDK builds and follows a spec, and a worker killed with SIGKILL
-in the middle of a chain leaves the job to the next worker, which goes on from the last registered step
-without registering any step twice.
+in the middle of a chain's fine-tuning leaves the job to the next worker, which skips the step already
+registered (no version twice) and resumes the fine-tuning from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def test_sdk_optimize_spec_follow_and_report(jobs_server: Server) -> None:
         assert mp.predict("opt-sdk:3", [[0.5] * 64])["version"] == 3
 
 
-def test_kill_9_mid_chain_resumes_after_the_last_registered_step(tmp_path: Path) -> None:
+def test_kill_9_mid_chain_resumes_from_the_last_step_and_its_checkpoint(tmp_path: Path) -> None:
     home = tmp_path / "home"
     with api_server(home) as url, Client(url, KEY) as mp:
         worker = start_worker(home, tmp_path / "w1.log")
@@ -92,7 +92,7 @@ def test_kill_9_mid_chain_resumes_after_the_last_registered_step(tmp_path: Path)
             spec = {"source": "opt-kill:1", "data": DIGITS, "steps": [{"prune": {"sparsity": 0.5}}, long_finetune]}
             job = mp.submit_job("optimize", spec)
             for event in mp.job_events(job["id"]):
-                if event["type"] == "epoch":  # step 1 is registered; step 2 is training
+                if event["type"] == "checkpoint":  # step 1 is registered; step 2 has saved an epoch
                     break
             worker.send_signal(signal.SIGKILL)
             assert worker.wait(timeout=10) == -signal.SIGKILL
@@ -105,10 +105,16 @@ def test_kill_9_mid_chain_resumes_after_the_last_registered_step(tmp_path: Path)
         assert shortened["status"] in ("running", "queued")
         second = start_worker(home, tmp_path / "w2.log")
         try:
+            messages: list[str] = []
             for event in mp.job_events(job["id"]):
-                if event["type"] == "log" and "was registered as opt-kill:2" in str(event.get("message")):
+                if event["type"] == "log":
+                    messages.append(str(event.get("message")))
+                if any("resumed at epoch" in m for m in messages):
                     mp.cancel_job(job["id"])  # step 2 would run 400 epochs; resuming is what this test checks
                     break
+            assert "step 1 (prune) was registered as opt-kill:2" in messages  # not run again
+            resumed = next(m for m in messages if "resumed at epoch" in m)
+            assert int(resumed.split("epoch ")[1].split(",")[0]) >= 2  # from the checkpoint, not from the start
             deadline = time.monotonic() + 60
             final = mp.get_job(job["id"])
             while final["status"] not in ("cancelled", "succeeded", "failed") and time.monotonic() < deadline:

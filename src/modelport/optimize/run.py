@@ -63,7 +63,12 @@ def run_optimize(
             continue
         calls.report({"type": "step", "index": index, "kind": step.kind, "status": "running", "of": len(spec.steps)})
         ctx = Context(
-            examples=examples, out=workdir / f"step-{index}", report=calls.report, should_stop=calls.should_stop
+            examples=examples,
+            out=workdir / f"step-{index}",
+            report=calls.report,
+            should_stop=calls.should_stop,
+            checkpoints=workdir / f"step-{index}.checkpoints",
+            fingerprint=f"{current.ref}|{index}|{step.model_dump_json()}",
         )
         produced = run_step(step, current, ctx)
         if current.ref not in measured:

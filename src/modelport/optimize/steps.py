@@ -48,6 +48,13 @@ class Context:
     """An empty folder for the step's bundle."""
     report: Callable[[Event], None]
     should_stop: Callable[[], bool]
+    checkpoints: Path | None = None
+    """Where this step's training runs keep their checkpoints (kept across attempts of the job)."""
+    fingerprint: str = ""
+    """Identifies the step (its index and options): a checkpoint of anything else is not resumed."""
+
+    def run_folder(self, name: str) -> Path | None:
+        return self.checkpoints / name if self.checkpoints is not None else None
 
 
 def run_step(step: Step, current: Working, ctx: Context) -> Produced:
@@ -120,13 +127,15 @@ def finetune(options: FinetuneSpec, current: Working, ctx: Context) -> Produced:
     model, layers, input_shape = current.network("finetune")
     model = copy.deepcopy(model)
     masks = pruning.masks_of(model)
-    _finetune(model, options, ctx, masks)
+    _finetune(model, options, ctx, masks, checkpoints=ctx.run_folder("finetune"))
     sparse = _sparsity(model) >= 0.2
     transform = {"kind": "finetune", **options.model_dump(exclude_none=True)}
     return _torch_bundle(model, layers, input_shape, current, ctx, transform, encoding="sparse" if sparse else "dense")
 
 
-def _finetune(model: nn.Sequential, options: FinetuneSpec, ctx: Context, masks: pruning.Masks) -> None:
+def _finetune(
+    model: nn.Sequential, options: FinetuneSpec, ctx: Context, masks: pruning.Masks, *, checkpoints: Path | None = None
+) -> None:
     objective, head = classifier_objective(model)
     data = Data(torch.from_numpy(ctx.examples.x_train), torch.from_numpy(ctx.examples.y_train))
     release = pruning.hold_masks(model, masks)
@@ -138,7 +147,17 @@ def _finetune(model: nn.Sequential, options: FinetuneSpec, ctx: Context, masks: 
             seed=options.seed,
             schedule=options.schedule,
         )
-        train(model, head, objective, data, run, report=ctx.report, should_stop=ctx.should_stop)
+        train(
+            model,
+            head,
+            objective,
+            data,
+            run,
+            report=ctx.report,
+            should_stop=ctx.should_stop,
+            checkpoints=checkpoints,
+            fingerprint=ctx.fingerprint,
+        )
     finally:
         release()
     pruning.apply_masks(model, masks)  # exact zeros, whatever the optimizer's arithmetic did
@@ -212,7 +231,17 @@ def distill(options: DistillSpec, current: Working, ctx: Context) -> Produced:
     )
     targets = torch.cat([labels.float().unsqueeze(1), soft], dim=1)  # (N, 1 + classes)
     ctx.report({"type": "log", "message": "training the student on the teacher's soft targets"})
-    train(student, head, distilled, Data(x, targets), run, report=ctx.report, should_stop=ctx.should_stop)
+    train(
+        student,
+        head,
+        distilled,
+        Data(x, targets),
+        run,
+        report=ctx.report,
+        should_stop=ctx.should_stop,
+        checkpoints=ctx.run_folder("student"),
+        fingerprint=ctx.fingerprint,
+    )
     extra: dict[str, Any] = {}
     if options.control:
         control = _student(layers, input_shape, t.seed, ctx.examples.classes)
@@ -226,6 +255,8 @@ def distill(options: DistillSpec, current: Working, ctx: Context) -> Produced:
             run,
             report=ctx.report,
             should_stop=ctx.should_stop,
+            checkpoints=ctx.run_folder("control"),
+            fingerprint=ctx.fingerprint,
         )
         extra["control"] = _accuracy(control, ctx.examples)
     extra["teacher"] = _accuracy(teacher, ctx.examples)

@@ -1,19 +1,23 @@
 """Fine-tuning and distillation runs: the training package's loop, with an optimize step's options.
 
 The loop (:func:`modelport.training.loop.fit`) is the one training jobs use, so progress events,
-cancellation and throughput are the same. An optimize step is re-run from its start after a crash
-(the step before it is already a registered version), so no mid-step checkpoint is written.
+cancellation, throughput and checkpoints are the same: with a ``checkpoints`` folder, a checkpoint is
+written after every epoch (and when the job is asked to stop), and a run started again after a crash
+or a shutdown resumes from the newest one, as a training job does. A checkpoint of other options
+(``fingerprint``) is ignored, never loaded into the wrong run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from modelport.training import checkpoint
 from modelport.training.callbacks import Event, ProgressEvents
 from modelport.training.loop import Data, Hooks, Plan, Position, fit
 from modelport.training.losses import Objective
@@ -46,6 +50,8 @@ def train(
     *,
     report: Callable[[Event], None],
     should_stop: Callable[[], bool],
+    checkpoints: Path | None = None,
+    fingerprint: str = "",
 ) -> Position:
     """Train ``model`` in place (through ``head``, which the loss sees); raises TrainingCancelled."""
     torch.manual_seed(run.seed)
@@ -61,14 +67,38 @@ def train(
         penalty=make_penalty(model, l1=run.l1, l2=run.l2),
         clip_norm=run.clip_norm,
     )
-    hooks = Hooks(
-        report=report,
-        should_stop=should_stop,
-        save=lambda plan, pos: None,
-        progress=ProgressEvents(report, epochs=run.epochs),
-    )
-    pos = fit(plan, data, Position(), hooks)
+
+    def save(plan: Plan, pos: Position) -> None:
+        if checkpoints is not None:
+            state = {"spec": fingerprint, "position": pos.state(), "rng": checkpoint.rng_state()}
+            checkpoint.save(
+                checkpoints, model=plan.model.state_dict(), optimizer=plan.optimizer.state_dict(), state=state
+            )
+
+    hooks = Hooks(report=report, should_stop=should_stop, save=save, progress=ProgressEvents(report, epochs=run.epochs))
+    pos = _resume(plan, hooks, checkpoints, fingerprint, report)
+    pos = fit(plan, data, pos, hooks)
     model.eval()
+    return pos
+
+
+def _resume(
+    plan: Plan, hooks: Hooks, folder: Path | None, fingerprint: str, report: Callable[[Event], None]
+) -> Position:
+    """The position of the newest checkpoint of this run in ``folder`` (its weights loaded), else the start."""
+    latest = checkpoint.latest(folder) if folder is not None else None
+    if latest is None:
+        return Position()
+    record = checkpoint.load(latest)
+    if record.state.get("spec") != fingerprint:
+        report({"type": "log", "message": "a checkpoint of other options was left aside; starting over"})
+        return Position()
+    plan.model.load_state_dict(record.model, strict=True)
+    plan.optimizer.load_state_dict(record.optimizer)
+    checkpoint.set_rng_state(record.state["rng"])
+    pos = Position(**record.state["position"])
+    hooks.last_saved = pos.global_step
+    report({"type": "log", "message": f"resumed at epoch {pos.epoch + 1}, step {pos.step}"})
     return pos
 
 
