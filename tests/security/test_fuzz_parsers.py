@@ -498,3 +498,13 @@ def test_references_parse_to_valid_parts_or_are_refused(text: str) -> None:
 def test_a_superscript_version_is_an_invalid_reference() -> None:
     with pytest.raises(InvalidReference):
         parse_ref("m:³")
+
+
+def test_a_zip_of_an_unsupported_version_is_not_a_known_format(tmp_path: Path) -> None:
+    """zipfile raises NotImplementedError (not BadZipFile) for a "version needed" above 6.3: found by the fuzzer."""
+    data = bytearray(zip_bytes({"m/code/__torch__.py": b"x"}))
+    central = data.rindex(b"PK\x01\x02")
+    data[central + 6 : central + 8] = (64).to_bytes(2, "little")  # version needed to extract: 6.4
+    path = tmp_path / "model.pt"
+    path.write_bytes(bytes(data))
+    assert zip_names(path) is None

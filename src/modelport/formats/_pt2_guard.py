@@ -108,7 +108,7 @@ def check_archive(path: Path, filename: str) -> None:
             if "data/sample_inputs/model.pt" in members:
                 _check_sample_inputs(archive.read(members["data/sample_inputs/model.pt"]), filename)
             program = _read_json(archive, members["models/model.json"], filename)
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, EOFError, NotImplementedError):  # NotImplementedError: zip version/method
         raise InvalidArtifact(message=f"{filename!r} is not a readable zip archive") from None
     check_program(program, filename)
 
@@ -182,7 +182,7 @@ def _check_sample_inputs(data: bytes, filename: str) -> None:
             if len(set(names)) != len(names) or len(pickles) != 1 or not pickles[0].endswith("data.pkl"):
                 raise UnsafeFormat(filename=filename, reason="its sample inputs are not plain tensors", instead=INSTEAD)
             payload = nested.read(pickles[0])
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, EOFError, NotImplementedError):
         raise UnsafeFormat(filename=filename, reason="its sample inputs are a raw pickle", instead=INSTEAD) from None
     try:
         for opcode, arg, _ in pickletools.genops(payload):

@@ -64,8 +64,8 @@ def zip_names(path: Path) -> list[str] | None:
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+        return None  # NotImplementedError: a zip "version needed" or method Python cannot read
     if len(infos) > _MAX_ZIP_ENTRIES:
         return None
     return [info.filename for info in infos]

@@ -170,7 +170,7 @@ def read_config(path: Path, entrypoint: str) -> Any:
                     raise InvalidArtifact(message=f"{entrypoint!r}: config.json is too large")
                 return json.loads(archive.read("config.json"))
         return _read_h5_config(path, entrypoint)
-    except (KeyError, ValueError, OSError, zipfile.BadZipFile):
+    except (KeyError, ValueError, OSError, EOFError, NotImplementedError, zipfile.BadZipFile):
         raise InvalidArtifact(message=f"{entrypoint!r} is not a Keras model file with a config") from None
 
 

@@ -125,7 +125,7 @@ def _check_npz(path: Path, filename: str) -> None:
                 filename=filename, reason="its arrays need pickle to load", instead="numeric arrays (no object dtype)"
             ) from None
         raise InvalidArtifact(message=f"{filename!r} is not a readable NPZ archive") from None
-    except (OSError, EOFError, zipfile.BadZipFile):
+    except (OSError, EOFError, zipfile.BadZipFile, NotImplementedError):  # NotImplementedError: zip version/method
         raise InvalidArtifact(message=f"{filename!r} is not a readable NPZ archive") from None
 
 

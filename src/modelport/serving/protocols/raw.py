@@ -52,7 +52,10 @@ def parse(body: bytes, shape_header: str | None, dtype_header: str | None) -> np
         raise InvalidInput(
             message=f"body has {len(body)} bytes but shape {shape} of {dtype_name} needs {expected}", details=details
         )
-    return np.frombuffer(body, dtype=dtype).reshape(shape)
+    try:
+        return np.frombuffer(body, dtype=dtype).reshape(shape)
+    except ValueError:  # an empty body whose other dimensions are past what numpy can index
+        raise InvalidInput(message=f"X-Tensor-Shape {shape} is larger than an array can be") from None
 
 
 def render(prediction: Prediction, *, max_bytes: int = MAX_OUTPUT_BYTES) -> tuple[bytes, dict[str, str]]:

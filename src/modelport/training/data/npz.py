@@ -23,7 +23,7 @@ def load_npz(path: Path, *, x_key: str = "x", y_key: str = "y") -> Source:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: _read(archive, k) for k in archive.files if k in (x_key, y_key, "x_test", "y_test", "labels")}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:
         raise InvalidArtifact(
             message=f"not a readable .npz file without pickled objects ({type(exc).__name__})"
         ) from None
