@@ -130,9 +130,14 @@ def compare(
             continue
         ratio = vb / va if isinstance(va, int | float) and isinstance(vb, int | float) and va else None
         rows.append({"figure": label, first: va, second: vb, "B/A": f"{ratio:.3g}" if ratio is not None else None})
-    emit(
-        ctx, {"a": first, "b": second, "figures": rows}, lambda d: table(d["figures"], ("figure", first, second, "B/A"))
-    )
+    columns = ("figure", first, second, "B/A")
+    shown = [{k: _shown(v) for k, v in row.items()} for row in rows]  # --json keeps the numbers as they are
+    emit(ctx, {"a": first, "b": second, "figures": rows}, lambda d: table(shown, columns))
+
+
+def _shown(value: Any) -> Any:
+    """Floats to four significant digits (accuracies, milliseconds); integers and text as they are."""
+    return f"{value:.4g}" if isinstance(value, float) else value
 
 
 def _data(path: str | None, kind: str, dataset: str | None, builtin: str | None) -> dict[str, Any] | None:
@@ -187,7 +192,9 @@ def _report_table(report: dict[str, Any]) -> Any:
         ratio = row.get("ratio")
         delta = row.get("delta_points")
         change = f"{ratio:.3g}x" if ratio is not None else (f"{delta:+.2f} pts" if delta is not None else "")
-        rows.append({"figure": label, "parent": row.get("parent"), "this": row.get("value"), "change": change})
+        rows.append(
+            {"figure": label, "parent": _shown(row.get("parent")), "this": _shown(row.get("value")), "change": change}
+        )
     kind = (report.get("transform") or {}).get("kind", "step")
     title = f"{report['model']}:{report['version']} ({kind} of {report.get('parent')})"
     return table(rows, ("figure", "parent", "this", "change"), title=title)
