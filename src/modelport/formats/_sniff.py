@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path, PurePosixPath
+from typing import IO, Any
 
 import numpy as np
 
@@ -96,15 +97,24 @@ def _strip_root(name: str) -> str:
     return "/".join(parts[1:]) if len(parts) > 1 else name
 
 
+def npy_header(handle: IO[bytes]) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    """(shape, dtype) of the ``.npy`` data at ``handle``, read from its header only (no allocation).
+
+    Raises ValueError, OSError or EOFError for a header that is not one.
+    """
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+    else:
+        shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+    return tuple(shape), dtype
+
+
 def npy_has_objects(path: Path) -> bool:
     """True when an ``.npy`` file holds an object (pickled) array; read from its header only."""
     with path.open("rb") as handle:
         try:
-            version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                _, _, dtype = np.lib.format.read_array_header_1_0(handle)
-            else:
-                _, _, dtype = np.lib.format.read_array_header_2_0(handle)
+            _, dtype = npy_header(handle)
         except (ValueError, OSError):
             return False
     return bool(dtype.hasobject)

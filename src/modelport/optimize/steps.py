@@ -33,9 +33,10 @@ from modelport.optimize.working import (
 )
 from modelport.training.callbacks import Event
 from modelport.training.loop import Data
+from modelport.training.losses import Objective
 from modelport.training.nets import LayerSpecError, build_network
 from modelport.training.regularization import insert_dropout
-from modelport.training.run import ONNX_TOLERANCE
+from modelport.training.run import ONNX_TOLERANCE, check_onnx_export, postprocess_steps
 
 ONNX_FILE = "model.onnx"
 _CHECK_EXAMPLES = 512
@@ -230,44 +231,36 @@ def distill(options: DistillSpec, current: Working, ctx: Context) -> Produced:
         strip_final=objective.strip_final, temperature=options.temperature, alpha=options.alpha
     )
     targets = torch.cat([labels.float().unsqueeze(1), soft], dim=1)  # (N, 1 + classes)
+
+    def fit(name: str, model: nn.Module, model_head: nn.Module, loss: Objective, data: Data) -> None:
+        """Both runs the same way (the same ``run``, each with its own checkpoints)."""
+        train(
+            model,
+            model_head,
+            loss,
+            data,
+            run,
+            report=ctx.report,
+            should_stop=ctx.should_stop,
+            checkpoints=ctx.run_folder(name),
+            fingerprint=ctx.fingerprint,
+        )
+
     ctx.report({"type": "log", "message": "training the student on the teacher's soft targets"})
-    train(
-        student,
-        head,
-        distilled,
-        Data(x, targets),
-        run,
-        report=ctx.report,
-        should_stop=ctx.should_stop,
-        checkpoints=ctx.run_folder("student"),
-        fingerprint=ctx.fingerprint,
-    )
+    fit("student", student, head, distilled, Data(x, targets))
     extra: dict[str, Any] = {}
     if options.control:
         control = _student(layers, input_shape, t.seed, ctx.examples.classes)
         control_objective, control_head = classifier_objective(control)
         ctx.report({"type": "log", "message": "training the control: the same student on hard labels only"})
-        train(
-            control,
-            control_head,
-            control_objective,
-            Data(x, labels),
-            run,
-            report=ctx.report,
-            should_stop=ctx.should_stop,
-            checkpoints=ctx.run_folder("control"),
-            fingerprint=ctx.fingerprint,
-        )
+        fit("control", control, control_head, control_objective, Data(x, labels))
         extra["control"] = _accuracy(control, ctx.examples)
     extra["teacher"] = _accuracy(teacher, ctx.examples)
     extra["student"] = _accuracy(student, ctx.examples)
     transform = {"kind": "distill", **options.model_dump(exclude_none=True, exclude={"student"}), "student": layers}
     produced = _torch_bundle(student, layers, input_shape, current, ctx, transform, encoding="dense")
     produced.extra.update(extra)
-    if not _ends_in_softmax(student):
-        produced.manifest["postprocess"] = [{"softmax": True}, {"argmax": True}]
-    else:
-        produced.manifest["postprocess"] = [{"argmax": True}]
+    produced.manifest["postprocess"] = postprocess_steps(objective, [ctx.examples.classes])  # as training decodes
     return produced
 
 
@@ -290,10 +283,6 @@ def _accuracy(model: nn.Module, examples: Examples) -> dict[str, Any]:
     return {"accuracy": 1.0 - errors / max(len(examples.y_test), 1), "errors": errors}
 
 
-def _ends_in_softmax(model: nn.Sequential) -> bool:
-    return len(model) > 0 and isinstance(model[-1], nn.Softmax)
-
-
 # -- export ------------------------------------------------------------------------------------------
 def export(options: ExportSpec, current: Working, ctx: Context) -> Produced:
     model, layers, input_shape = current.network("export")
@@ -311,8 +300,6 @@ def export(options: ExportSpec, current: Working, ctx: Context) -> Produced:
 
 def _export_onnx(model: nn.Module, x: np.ndarray, path: Path, tolerance: float) -> float:
     """Export with a dynamic batch axis, then check onnxruntime against torch on real inputs."""
-    from modelport.training.run import check_onnx_export
-
     return check_onnx_export(model.eval(), torch.from_numpy(x[:_CHECK_EXAMPLES]), path, tolerance=tolerance)
 
 

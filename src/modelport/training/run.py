@@ -323,7 +323,7 @@ def export_bundle(built: Built, metrics: dict[str, Any], bundle: Path) -> dict[s
             "outputs": [{"name": "output", "dtype": "float32", "shape": [-1, *out_shape]}],
         },
         "preprocess": [] if dtype == "int64" else built.preprocess,
-        "postprocess": _postprocess(built.objective, out_shape),
+        "postprocess": postprocess_steps(built.objective, out_shape),
         "labels": built.classes,
         "metrics": metrics,
         "description": built.spec.description or f"{built.spec.name}: trained from a Modelport spec",
@@ -377,7 +377,7 @@ def _architecture(built: Built) -> dict[str, Any]:
     return {"python": built.spec.model.python, "kwargs": built.spec.model.kwargs, "input_shape": built.input_shape}
 
 
-def _postprocess(objective: Objective, out_shape: list[int]) -> list[dict[str, Any]]:
+def postprocess_steps(objective: Objective, out_shape: list[int]) -> list[dict[str, Any]]:
     """Decoding for serving: probabilities from logits, then argmax -> label for classifiers."""
     steps: list[dict[str, Any]] = []
     single = int(np.prod(out_shape)) == 1

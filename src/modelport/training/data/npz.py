@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from modelport.errors import InvalidArtifact
+from modelport.formats._sniff import npy_header
 from modelport.training.data.sources import Source, Table, encode_labels, sha256_files
 
 MAX_ARRAY_BYTES = 8 << 30
@@ -59,11 +60,7 @@ def check_member(archive: np.lib.npyio.NpzFile, key: str) -> None:
         raise InvalidArtifact(message=f"array {key!r} is larger than {MAX_ARRAY_BYTES} bytes")
     with directory.open(info) as member:
         try:
-            version = np.lib.format.read_magic(member)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(member)
-            else:
-                shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+            shape, dtype = npy_header(member)
         except (ValueError, OSError, EOFError):
             raise InvalidArtifact(message=f"array {key!r} has an unreadable .npy header") from None
         header_bytes = member.tell()
