@@ -10,17 +10,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import uvicorn
 import yaml
@@ -28,6 +25,7 @@ import yaml
 from modelport.api.app import create_app
 from modelport.client import AsyncClient, Client
 from modelport.config import Settings
+from tests.security.live import free_port, wait_ready
 
 KEY = "mp_jobs-e2e-admin-key-0123456789abcdefghijk"
 FAST = {"MODELPORT_JOB_HEARTBEAT_S": "0.5", "MODELPORT_JOB_HEARTBEAT_TIMEOUT_S": "3", "MODELPORT_JOB_POLL_S": "0.1"}
@@ -55,26 +53,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **extra}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError("the server exited")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError("the server never became ready")
-
-
 @contextmanager
 def api_server(home: Path) -> Iterator[str]:
     """The API (no workers) in a thread, on a free port, over ``home``."""
@@ -86,7 +64,7 @@ def api_server(home: Path) -> Iterator[str]:
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url)
+        wait_ready(url, timeout=30.0)
         yield url
     finally:
         server.should_exit = True
@@ -283,7 +261,7 @@ def _serve(home: Path, port: int, workers: int, log: Path) -> subprocess.Popen[b
     cmd = [sys.executable, "-m", "modelport", "serve", "--port", str(port), "--job-workers", str(workers)]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out)
-    wait_ready(f"http://127.0.0.1:{port}", proc)
+    wait_ready(f"http://127.0.0.1:{port}", proc, timeout=30.0)
     return proc
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,17 +12,13 @@ from pathlib import Path
 
 import httpx
 
+from tests.security.live import free_port
+
 KEY = "mp_workers-e2e-key-0123456789abcdefghijklmnopqrs"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_two_api_processes_share_the_port_and_the_registry(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MODELPORT_HOME": str(tmp_path / "home"), "MODELPORT_ADMIN_KEY": KEY}
     env.pop("MODELPORT_DATABASE_URL", None)
     proc = subprocess.Popen(

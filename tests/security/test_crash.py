@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,14 +20,9 @@ from modelport.registry.db import Database
 from modelport.registry.tables import Version
 from modelport.store.local import LocalBlobStore
 from tests.conftest import ADMIN_KEY, TrainedMnist
+from tests.security.live import free_port
 
 HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start(home: Path, port: int) -> subprocess.Popen[bytes]:
@@ -74,7 +68,7 @@ def home(tmp_path: Path) -> Path:
 
 
 def test_kill_during_streamed_upload_leaves_no_version(home: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = _start(home, port)
     url = f"http://127.0.0.1:{port}"
     httpx.post(f"{url}/v1/models", json={"name": "big"}, headers=HEADERS)
@@ -120,7 +114,7 @@ def test_kill_during_streamed_upload_leaves_no_version(home: Path) -> None:
 
 
 def test_kill_during_many_uploads_keeps_registry_and_store_consistent(home: Path, mnist_model: TrainedMnist) -> None:
-    port = _free_port()
+    port = free_port()
     proc = _start(home, port)
     url = f"http://127.0.0.1:{port}"
     httpx.post(f"{url}/v1/models", json={"name": "many"}, headers=HEADERS)
