@@ -4,14 +4,15 @@ A principal that may not read a model is told the model does not exist (404), so
 tenants' models do not leak; a principal that may read but not write gets 403. An API key's scope
 (``auth/principals.py::Scope``) narrows this further, here and nowhere else: a model outside the key's
 model patterns is a 404 exactly like a missing one, and an action outside its actions a 403 that names
-the scope it lacks.
+the scope it lacks. Listings that cannot ask row by row (jobs, audit) filter in SQL with
+:func:`names_within`.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, SQLColumnExpression, false, or_, select
 from sqlalchemy.orm import Session
 
 from modelport.auth.principals import KeyAction, Principal, missing_scope
@@ -36,6 +37,34 @@ SCOPE_OF: dict[Action, KeyAction] = {"infer": "infer", "read": "read", "write": 
 def in_scope(principal: Principal, model_name: str) -> bool:
     """Whether the caller's key reaches the model named ``model_name`` at all."""
     return principal.scope is None or principal.scope.covers(model_name)
+
+
+def model_patterns(principal: Principal) -> tuple[str, ...] | None:
+    """The key's model patterns, or None when it reaches every model (no patterns, or ``*``)."""
+    scope = principal.scope
+    if scope is None or scope.models is None or "*" in scope.models:
+        return None
+    return scope.models
+
+
+def names_within(
+    patterns: tuple[str, ...], column: SQLColumnExpression[str], *, ref: bool = False
+) -> ColumnElement[bool]:
+    """SQL for ``Scope.covers``: ``column`` holds a model name inside ``patterns`` (``ref``: or a reference
+    to one, ``name:3`` / ``name@alias``). A prefix pattern is a LIKE with its wildcards escaped; NULL
+    matches nothing."""
+    terms: list[ColumnElement[bool]] = []
+    for pattern in patterns:
+        if pattern.endswith("*"):
+            terms.append(column.startswith(pattern[:-1], autoescape=True))
+            continue
+        terms.append(column == pattern)
+        if ref:  # names hold neither ":" nor "@", so what precedes the first one is the name
+            terms += [
+                column.startswith(pattern + ":", autoescape=True),
+                column.startswith(pattern + "@", autoescape=True),
+            ]
+    return or_(*terms) if terms else false()
 
 
 def granted_role(session: Session, principal_name: str, model_id: int) -> str | None:

@@ -1,6 +1,11 @@
 """Append-only audit records: every write and every refused request (403), who, when and from where.
 
 Rows are only ever added: nothing here (or anywhere) updates or deletes them.
+
+A key with model patterns lists only rows about models inside them: a model, version, alias,
+deployment or permission row whose target names such a model, and the rows of jobs it sees
+(``jobs/visibility.py``). Rows about no model (keys, datasets, denials) are listed only for keys
+without model patterns.
 """
 
 from __future__ import annotations
@@ -9,14 +14,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
+from modelport.registry import acl
 from modelport.registry.db import Database
 from modelport.registry.tables import AuditRecord
 
 DENIED = "denied"
 """The action of a request refused with 403 (the route's template is the target)."""
+MODEL_ACTIONS = ("model.", "version.", "alias.", "deployment.", "permission.")
+"""Actions whose target is a model: ``name``, ``name:version`` or ``name@alias``."""
+JOB_ACTIONS = "job."
+"""Actions whose target is ``job:<id>``."""
 
 
 def record(
@@ -100,9 +110,13 @@ def list_entries(
     actor: str | None = None,
     action: str | None = None,
     target_prefix: str | None = None,
+    within: tuple[str, ...] | None = None,
 ) -> list[AuditEntry]:
-    """Newest first; page with ``before_id`` (the smallest id of the previous page)."""
+    """Newest first; page with ``before_id`` (the smallest id of the previous page). ``within``: the
+    caller key's model patterns (``acl.model_patterns``); filtered in SQL, so pages stay full."""
     q = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(limit)
+    if within is not None:
+        q = q.where(_about_models_within(within))
     if before_id is not None:
         q = q.where(AuditRecord.id < before_id)
     if actor:
@@ -112,3 +126,16 @@ def list_entries(
     if target_prefix:
         q = q.where(AuditRecord.target.startswith(target_prefix, autoescape=True))
     return [_entry(r) for r in session.scalars(q)]
+
+
+def _about_models_within(patterns: tuple[str, ...]) -> ColumnElement[bool]:
+    from modelport.jobs import visibility  # jobs.queue imports this module
+
+    about_model = or_(*(AuditRecord.action.startswith(a, autoescape=True) for a in MODEL_ACTIONS))
+    return or_(
+        and_(about_model, acl.names_within(patterns, AuditRecord.target, ref=True)),
+        and_(
+            AuditRecord.action.startswith(JOB_ACTIONS, autoescape=True),
+            AuditRecord.target.in_(visibility.audit_targets(patterns)),
+        ),
+    )

@@ -1,4 +1,4 @@
-"""/v1/audit: the append-only log of writes (admins)."""
+"""/v1/audit: the append-only log of writes (admins; a key with model patterns sees rows about those models)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from modelport.api.deps import Admin, Ctx
 from modelport.api.routers._json import json_response
-from modelport.registry import audit
+from modelport.registry import acl, audit
 
 router = APIRouter(tags=["audit"])
 
@@ -17,7 +17,7 @@ router = APIRouter(tags=["audit"])
 @router.get("/v1/audit", summary="Audit records, newest first (page with before_id)")
 def list_audit(
     ctx: Ctx,
-    _: Admin,
+    who: Admin,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     actor: Annotated[str | None, Query(max_length=63)] = None,
@@ -32,5 +32,6 @@ def list_audit(
             actor=actor,
             action=action,
             target_prefix=target,
+            within=acl.model_patterns(who),
         )
     return json_response({"items": items})

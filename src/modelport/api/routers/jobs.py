@@ -13,7 +13,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 from modelport.api.deps import Caller, Client, Ctx
 from modelport.api.routers._json import json_response, page
-from modelport.jobs import events, queue
+from modelport.jobs import events, queue, visibility
 from modelport.registry.db import Database
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -34,7 +34,7 @@ def submit_job(body: JobSubmit, ctx: Ctx, who: Caller, client: Client) -> Respon
     return json_response(view, 201)
 
 
-@router.get("", summary="List the caller's jobs (admins: all), newest first")
+@router.get("", summary="List the caller's jobs (admins: all) within the key's models, newest first")
 def list_jobs(
     ctx: Ctx,
     who: Caller,
@@ -44,18 +44,20 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Response:
-    items, total = queue.list_jobs(ctx.db, who, status=status, kind=kind, parent=parent, limit=limit, offset=offset)
+    items, total = visibility.list_jobs(
+        ctx.db, who, status=status, kind=kind, parent=parent, limit=limit, offset=offset
+    )
     return json_response(page(items, total, limit, offset))
 
 
 @router.get("/{job_id}", summary="A job: status, progress, result or error")
 def get_job(job_id: str, ctx: Ctx, who: Caller) -> Response:
-    return json_response(queue.get_job(ctx.db, who, job_id))
+    return json_response(visibility.get_job(ctx.db, who, job_id))
 
 
 @router.post("/{job_id}/cancel", summary="Cancel a queued job now, or ask a running one to stop")
 def cancel_job(job_id: str, ctx: Ctx, who: Caller, client: Client) -> Response:
-    return json_response(queue.cancel(ctx.db, who, job_id, client=client))
+    return json_response(visibility.cancel(ctx.db, who, job_id, client=client))
 
 
 @router.get("/{job_id}/logs", summary="The job's events as text, one line each")
@@ -65,7 +67,7 @@ def job_logs(
     who: Caller,
     tail: Annotated[int | None, Query(ge=1, le=100_000)] = None,
 ) -> Response:
-    return PlainTextResponse(queue.read_log(ctx.db, who, job_id, tail=tail))
+    return PlainTextResponse(visibility.read_log(ctx.db, who, job_id, tail=tail))
 
 
 @router.get(
@@ -81,7 +83,7 @@ async def job_events(
     last_event_id: Annotated[str | None, Header()] = None,
     after: Annotated[int | None, Query(ge=0, le=2**31 - 1, description="same as the Last-Event-ID header")] = None,
 ) -> Response:
-    view = await anyio.to_thread.run_sync(queue.get_job, ctx.db, who, job_id)
+    view = await anyio.to_thread.run_sync(visibility.get_job, ctx.db, who, job_id)
     start = after if after is not None else _event_number(last_event_id)
     return StreamingResponse(
         _sse(ctx.db, view.id, start, request),
