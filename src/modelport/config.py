@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     max_json_bytes: int = 1024 * 1024
     """Largest accepted body of other JSON requests (models, keys, aliases...)."""
 
+    max_json_depth: int = Field(default=64, ge=1, le=1000)
+    """Deepest nesting of arrays and objects in the JSON body of a control-plane request (and an upload's
+    manifest); deeper: 400 ``json_too_deep``. Inference bodies nest only as deep as the model's signature."""
+
     max_batch: int = 65536
     """Largest number of examples in one predict request."""
 

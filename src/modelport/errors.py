@@ -13,7 +13,8 @@ and ``client/errors.py`` maps the JSON back to the same classes.
     │   ├── InvalidArtifact             400 "invalid_artifact"
     │   ├── InvalidManifest             400 "invalid_manifest"
     │   ├── InvalidInput                400 "invalid_input"       (shape, dtype, NaN)
-    │   └── InvalidJobSpec              400 "invalid_job_spec"    (with the field path)
+    │   ├── InvalidJobSpec              400 "invalid_job_spec"    (with the field path)
+    │   └── JsonTooDeep                 400 "json_too_deep"       (past max_json_depth)
     ├── Unauthenticated                 401 "unauthenticated"
     ├── PermissionDenied                403 "permission_denied"
     ├── NotFound                        404 "not_found"
@@ -140,6 +141,16 @@ class InvalidJobSpec(BadRequest):
 
     def __init__(self, *, field: str, problem: str) -> None:
         super().__init__(message=f"invalid job spec: {field}: {problem}", details={"field": field})
+
+
+class JsonTooDeep(BadRequest):
+    code = "json_too_deep"
+
+    def __init__(self, *, limit: int, what: str = "the JSON body") -> None:
+        super().__init__(
+            message=f"{what} nests arrays and objects deeper than {limit} levels (the server's max_json_depth)",
+            details={"max_json_depth": limit},
+        )
 
 
 class Unauthenticated(ModelportError):

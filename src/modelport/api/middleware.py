@@ -37,6 +37,7 @@ from modelport.api.guards import (
     RouteKind,
     body_limits,
     check_media,
+    depth_limits,
     route_kind,
 )
 from modelport.api.metrics import Metrics
@@ -156,6 +157,7 @@ class EdgeMiddleware:
         self.metrics = metrics
         settings = ctx.settings
         self.limits = body_limits(settings)
+        self.depths = depth_limits(settings)
         self.hosts = HostGuard(settings)
         self.origins = OriginGuard(settings)
         self.bodies = BodyWatch(settings.request_body_timeout_s, settings.request_body_min_rate)
@@ -196,7 +198,7 @@ class EdgeMiddleware:
                 self._passed.add(seen)
         fast_template = fastpath.match(method, path) if self.fast is not None else None
         if has_body:
-            body = Body(self.bodies, receive, self.limits[kind], ex.refused)
+            body = Body(self.bodies, receive, self.limits[kind], ex.refused, self.depths[kind])
             await self._dispatch(ex, body, fast_template)
             body.close()  # a route that answered without reading all of it
         else:

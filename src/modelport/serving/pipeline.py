@@ -112,11 +112,13 @@ class Pipeline:
                 message=f"input {spec.name!r}: each example must have {k} values",
                 details={"got_shape": list(arr.shape)},
             )
-        rank = len(spec.shape) if spec.shape else 2
+        rank = _rank(spec)
         if arr.ndim == rank - 1:
             return arr[np.newaxis, ...], True
         if arr.ndim == rank:
             return arr, False
+        if arr.ndim > rank:
+            raise _too_deep(spec, arr.ndim)
         raise InvalidInput(
             message=f"input {spec.name!r} must have shape {_shape_text(spec.shape)} (or one example without N)",
             details={"got_shape": list(arr.shape), "expected_shape": spec.shape},
@@ -228,6 +230,9 @@ def _list_to_array(spec: TensorSpec, value: list[Any]) -> np.ndarray:
     try:
         return np.asarray(value, dtype=np.str_ if spec.dtype == "string" else None)
     except (ValueError, TypeError):
+        depth = list_depth(value)  # only here, on the way to a 400: the hot path walks nothing
+        if depth > _rank(spec):
+            raise _too_deep(spec, depth) from None
         raise InvalidInput(message=f"input {spec.name!r} is not a rectangular array") from None
 
 
@@ -238,6 +243,29 @@ def _first_leaf(value: list[Any]) -> Any:
             return leaf
         leaf = leaf[0]
     return leaf
+
+
+def list_depth(value: Any) -> int:
+    """How deep lists nest along the first elements (orjson parses no deeper than 1024)."""
+    depth, node = 0, value
+    while isinstance(node, list):
+        depth += 1
+        node = node[0] if node else None
+    return depth
+
+
+def _rank(spec: TensorSpec) -> int:
+    """The rank a batch of this input has (the signature's, else a batch of vectors)."""
+    return len(spec.shape) if spec.shape else 2
+
+
+def _too_deep(spec: TensorSpec, depth: int) -> InvalidInput:
+    rank = _rank(spec)
+    return InvalidInput(
+        message=f"input {spec.name!r} nests {depth} levels deep; shape {_shape_text(spec.shape)} allows {rank} "
+        f"(a batch) or {rank - 1} (one example)",
+        details={"depth": depth, "expected_shape": spec.shape},
+    )
 
 
 def normalize_array(arr: np.ndarray, mean: float | list[float], std: float | list[float]) -> np.ndarray:

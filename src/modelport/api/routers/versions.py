@@ -14,6 +14,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 
 from modelport.api.deps import Caller, Client, Ctx
+from modelport.api.guards import check_json_depth
 from modelport.api.routers._json import json_response, page
 from modelport.errors import BadRequest
 from modelport.refs import check_name, parse_version
@@ -76,6 +77,9 @@ async def upload_version(name: str, request: Request, ctx: Ctx, who: Caller, cli
             manifest_bytes: bytes | str | None = await manifest.read()
         else:
             manifest_bytes = manifest
+        if manifest_bytes:
+            text = manifest_bytes.encode() if isinstance(manifest_bytes, str) else manifest_bytes
+            check_json_depth(text, ctx.settings.max_json_depth, what="the manifest")
         view = await anyio.to_thread.run_sync(
             lambda: uploads.create_version(ctx.db, ctx.store, who, name, files, manifest_bytes, client=client)
         )

@@ -14,15 +14,26 @@ MAX_OUTPUT_BYTES = 64 * 1024 * 1024
 """Default of ``Settings.max_output_bytes``: the largest answer a prediction may produce."""
 
 
+ORJSON_MAX_DEPTH = 1024
+
+
+def invalid_json_message(exc: orjson.JSONDecodeError) -> str:
+    """What is wrong with a body orjson refused: nesting past its fixed limit, or the JSON itself."""
+    if str(exc).startswith("depth limit exceeded"):
+        return f"body nests arrays or objects deeper than {ORJSON_MAX_DEPTH} levels"
+    return "body is not valid JSON"
+
+
 def parse_body(body: bytes) -> Any:
     """The ``inputs`` value of a predict body, or InvalidInput saying what is wrong."""
     if not body:
         raise InvalidInput(message='empty body: send {"inputs": [...]}')
     try:
         data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        # orjson also refuses nesting deeper than 1024 levels here, without recursion on our side.
-        raise InvalidInput(message='body is not valid JSON (or nested too deep); send {"inputs": [...]}') from None
+    except orjson.JSONDecodeError as exc:
+        # orjson refuses nesting deeper than 1024 levels, without recursion on our side; an input nests
+        # only as deep as its signature (checked when it becomes an array), so no depth walk is needed.
+        raise InvalidInput(message=invalid_json_message(exc) + '; send {"inputs": [...]}') from None
     if not isinstance(data, dict) or "inputs" not in data:
         raise InvalidInput(message='body must be a JSON object with an "inputs" field')
     return data["inputs"]

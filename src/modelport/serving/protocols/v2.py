@@ -10,7 +10,13 @@ import orjson
 
 from modelport.errors import InvalidInput
 from modelport.formats.base import Tensors
-from modelport.serving.protocols.native import MAX_OUTPUT_BYTES, check_answer_size, check_output_size
+from modelport.serving.pipeline import list_depth
+from modelport.serving.protocols.native import (
+    MAX_OUTPUT_BYTES,
+    check_answer_size,
+    check_output_size,
+    invalid_json_message,
+)
 from modelport.serving.service import Prediction
 from modelport.store.bundle import TensorSpec
 
@@ -53,8 +59,10 @@ def parse_infer(body: bytes) -> tuple[Tensors, str | None, list[str] | None]:
     """(named arrays, request id, requested output names) from a V2 infer request."""
     try:
         data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise InvalidInput(message="body is not valid JSON") from None
+    except orjson.JSONDecodeError as exc:
+        # orjson refuses nesting deeper than 1024 levels, without recursion on our side; an input nests
+        # only as deep as its signature (checked when it becomes an array), so no depth walk is needed.
+        raise InvalidInput(message=invalid_json_message(exc)) from None
     if not isinstance(data, dict) or not isinstance(data.get("inputs"), list) or not data["inputs"]:
         raise InvalidInput(message='body must be an object with a non-empty "inputs" list')
     arrays: Tensors = {}
@@ -71,6 +79,10 @@ def parse_infer(body: bytes) -> tuple[Tensors, str | None, list[str] | None]:
             with np.errstate(over="ignore", invalid="ignore"):  # 1e300 as FP16 is Infinity: refused later
                 arr = np.asarray(item.get("data"), dtype=V2_TO_NUMPY[dtype])
         except (ValueError, TypeError, OverflowError):
+            depth = list_depth(item.get("data"))  # only here, on the way to a 400
+            if depth > len(shape):
+                message = f"input {name[:64]!r}: data nests {depth} levels deep; its shape {shape} has {len(shape)}"
+                raise InvalidInput(message=message) from None
             raise InvalidInput(message=f"input {name[:64]!r}: data does not match datatype {dtype}") from None
         if arr.size != math.prod(shape):
             raise InvalidInput(message=f"input {name[:64]!r}: {arr.size} values do not fill shape {shape}")
