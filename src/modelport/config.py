@@ -195,6 +195,12 @@ class Settings(BaseSettings):
     """Longest one attempt of a job may run (wall clock) before its processes are killed and the job
     fails; unset: no limit."""
 
+    job_sandbox: Literal["required", "best-effort", "off"] = "best-effort"
+    """Sandbox each job's process (Landlock, seccomp, no capabilities): it reads only the system and
+    Python trees, ``job_data_dirs`` and its own folder, and reaches no TCP port (see docs/security.md).
+    ``required``: fail jobs where the kernel lacks Landlock; ``best-effort``: warn once and run them
+    with what is available; ``off``: no sandbox. Jobs never hold the database or the master key."""
+
     @field_validator("cors_origins")
     @classmethod
     def _exact_origins(cls, origins: list[str]) -> list[str]:

@@ -5,8 +5,10 @@ A kind is a small object with two verbs, called in this order::
     prepared = kind.prepare(spec, principal, settings)   # API process: validate; 400 names the field
     result = kind.run(claimed, env)                      # worker process: do the work, return the result
 
-``run`` reports events through ``env.report``, polls ``env.should_stop`` (cancel or shutdown) and
-raises ``JobStopped`` when it stops early. Example of a kind::
+``run`` runs in the job's sandboxed process (``process.py``): it reaches the registry and the store
+only through ``env.services`` (``services.py``: fetch a dataset or a version into ``env.workdir``,
+register a bundle from it), reports events through ``env.report``, polls ``env.should_stop`` (cancel
+or shutdown) and raises ``JobStopped`` when it stops early. Example of a kind::
 
     class Echo:
         name = "echo"
@@ -21,7 +23,6 @@ raises ``JobStopped`` when it stops early. Example of a kind::
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,16 +34,15 @@ from sqlalchemy import select
 
 from modelport.auth.principals import Principal
 from modelport.config import Settings
-from modelport.errors import BadRequest, InvalidJobSpec, ModelExists, PermissionDenied
+from modelport.errors import BadRequest, InvalidJobSpec, PermissionDenied
 from modelport.refs import check_name, parse_ref
-from modelport.registry import aliases, datasets, models, uploads, versions
+from modelport.registry import datasets, models, versions
 from modelport.registry.db import Database
 from modelport.registry.tables import Model
-from modelport.registry.uploads import UploadedFile
-from modelport.store.local import LocalBlobStore
 
 if TYPE_CHECKING:
     from modelport.jobs.queue import Claimed
+    from modelport.jobs.services import JobServices
     from modelport.training.spec import TrainSpec
 
 Event = dict[str, Any]
@@ -82,8 +82,10 @@ class Prepared:
 
 @dataclass(frozen=True, slots=True)
 class RunEnv:
-    db: Database
-    store: LocalBlobStore
+    """What a kind's ``run`` gets. No database and no store: the registry and blobs are reached through
+    ``services`` (the worker answers, as the job's owner), so the job's process holds no secret."""
+
+    services: JobServices
     settings: Settings
     workdir: Path
     """``MODELPORT_HOME/jobs/<job id>``: checkpoints and bundles; kept across attempts, so runs resume."""
@@ -186,55 +188,9 @@ def check_datasets(db: Database, principal: Principal, names: tuple[str, ...]) -
         datasets.get_dataset(db, principal, name)
 
 
-def dataset_resolver(env: RunEnv, owner: Principal) -> Callable[[str], Path]:
+def dataset_resolver(env: RunEnv) -> Callable[[str], Path]:
     """``resolve_dataset`` for training: a hash-checked copy of the owner's dataset in the job's folder."""
-
-    def resolve(name: str) -> Path:
-        found = datasets.get_dataset(env.db, owner, name)  # access checked again: it may be gone by now
-        dest = env.workdir / "datasets" / f"{found.sha256}{found.suffix}"
-        env.store.copy_verified(found.sha256, dest)
-        env.report({"type": "log", "message": f"dataset {name}: {found.size_bytes} bytes, sha256 {found.sha256[:12]}"})
-        return dest
-
-    return resolve
-
-
-# -- registration ----------------------------------------------------------------------------------
-def register_bundle(
-    env: RunEnv,
-    owner: Principal,
-    *,
-    job_id: str,
-    bundle_dir: Path,
-    manifest: dict[str, Any],
-    model: str,
-    alias: str | None,
-    transform: dict[str, Any] | None = None,
-    report: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Register a trained bundle as a new version of ``model`` as ``owner`` (model created if missing)."""
-    with contextlib.suppress(ModelExists):
-        models.create_model(env.db, owner, name=model, client=f"job:{job_id}")
-    lineage = {**manifest.get("lineage", {}), "job": job_id}
-    if transform is not None:
-        lineage["transform"] = transform
-    given = orjson.dumps({**manifest, "lineage": lineage}, option=orjson.OPT_SERIALIZE_NUMPY)
-    paths = sorted(p for p in bundle_dir.rglob("*") if p.is_file())
-    handles = [open(p, "rb") for p in paths]  # noqa: SIM115 - closed below
-    try:
-        files = [
-            UploadedFile(filename=p.relative_to(bundle_dir).as_posix(), stream=h)
-            for p, h in zip(paths, handles, strict=True)
-        ]
-        version = uploads.create_version(
-            env.db, env.store, owner, model, files, given, client=f"job:{job_id}", report=report
-        )
-    finally:
-        for handle in handles:
-            handle.close()
-    if alias:
-        aliases.set_alias(env.db, owner, model, alias, version.version, client=f"job:{job_id}")
-    return {"model": model, "version": version.version, "alias": alias}
+    return env.services.fetch_dataset
 
 
 class TrainKind:
@@ -256,7 +212,7 @@ class TrainKind:
                 workdir=env.workdir,
                 report=env.report,
                 should_stop=env.should_stop,
-                resolve_dataset=dataset_resolver(env, job.owner),
+                resolve_dataset=dataset_resolver(env),
             )
         except TrainingCancelled:
             raise JobStopped() from None
@@ -273,16 +229,8 @@ class TrainKind:
         if env.should_stop():
             raise JobStopped()
         registration = spec.registration
-        done = register_bundle(
-            env,
-            job.owner,
-            job_id=job.id,
-            bundle_dir=bundle,
-            manifest=outcome.manifest,
-            model=target_of(spec),
-            alias=registration.alias if registration else None,
-        )
-        return {**done, "metrics": metrics}
+        done = env.services.register(bundle, outcome.manifest, alias=registration.alias if registration else None)
+        return {**done.as_result(), "metrics": metrics}
 
 
 def _keep_bundle(bundle_dir: Path, workdir: Path) -> Path:

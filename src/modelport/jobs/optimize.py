@@ -2,32 +2,25 @@
 
 Submit-time checks: the spec (400 with the field path), the source version (the submitter must be
 able to read it; 404 otherwise), the data path (as for training) and the target model (writable).
-On the worker, :func:`modelport.optimize.run.run_optimize` does the work; this module supplies
-its registry callbacks. Each step's result is registered as soon as it is measured, with
-``lineage.job`` and ``lineage.transform.step``, so a retry after a crash finds it and goes on from
-the next step.
+In the job's process, :func:`modelport.optimize.run.run_optimize` does the work; this module supplies
+its registry callbacks, through ``env.services`` (the worker reads and writes the registry). Each
+step's result is registered as soon as it is measured, with ``lineage.job`` and
+``lineage.transform.step``, so a retry after a crash finds it and goes on from the next step.
 """
 
 from __future__ import annotations
 
+import shutil
 from typing import TYPE_CHECKING, Any
 
 from modelport.auth.principals import Principal
 from modelport.config import Settings
-from modelport.errors import BadRequest, ModelNotFound, VersionNotFound
-from modelport.jobs.kinds import (
-    JobStopped,
-    Prepared,
-    RunEnv,
-    check_data_path,
-    dataset_resolver,
-    register_bundle,
-)
+from modelport.jobs.kinds import JobStopped, Prepared, RunEnv, check_data_path, dataset_resolver
 from modelport.refs import check_name, parse_ref
-from modelport.registry import aliases, lineage, versions
 
 if TYPE_CHECKING:
     from modelport.jobs.queue import Claimed
+    from modelport.jobs.services import VersionInfo
     from modelport.optimize.run import Registered
     from modelport.optimize.spec import OptimizeSpec
     from modelport.optimize.working import Produced, Working
@@ -69,22 +62,21 @@ class OptimizeKind:
 
         spec = check_optimize_spec(job.spec, job.owner, env.settings)
         target = target_of(spec)
-        source_view = versions.get_by_ref(env.db, job.owner, parse_ref(spec.source))
+        source_info = env.services.resolve(spec.source)
         if spec.data is None:
-            data = training_data_of(env, job.owner, source_view)
+            data = env.services.training_data(source_info.model, source_info.version)
             spec = check_optimize_spec({**job.spec, "data": data}, job.owner, env.settings)
             env.report({"type": "log", "message": f"data: {data.get('source')} (what the source was trained on)"})
         assert spec.data is not None
-        source_ref = f"{source_view.model}:{source_view.version}"
-        source = _working(env, source_ref, source_view.manifest, source_view.files)
-        env.report({"type": "started", "source": source_ref, "steps": [s.kind for s in spec.steps]})
-        examples = load_examples(spec.data, source.manifest, source.input_shape, dataset_resolver(env, job.owner))
+        source = _working(env, source_info)
+        env.report({"type": "started", "source": source_info.ref, "steps": [s.kind for s in spec.steps]})
+        examples = load_examples(spec.data, source.manifest, source.input_shape, dataset_resolver(env))
 
         def registered(index: int) -> Registered | None:
-            return _registered(env, job, target, index)
+            return _registered(env, index)
 
         def register(index: int, produced: Produced, report: dict[str, Any]) -> Registered:
-            return _register(env, job, target, index, produced, report)
+            return _register(env, index, produced, report)
 
         calls = Callbacks(report=env.report, should_stop=env.should_stop, registered=registered, register=register)
         try:
@@ -93,62 +85,37 @@ class OptimizeKind:
             raise JobStopped() from None
         last = summaries[-1]["ref"]
         if spec.registration.alias:
-            number = int(last.rsplit(":", 1)[1])
-            aliases.set_alias(env.db, job.owner, target, spec.registration.alias, number, client=f"job:{job.id}")
-        return {"model": target, "source": source_ref, "versions": [s["ref"] for s in summaries], "steps": summaries}
+            env.services.set_alias(spec.registration.alias, int(last.rsplit(":", 1)[1]))
+        return {
+            "model": target,
+            "source": source_info.ref,
+            "versions": [s["ref"] for s in summaries],
+            "steps": summaries,
+        }
 
 
-def training_data_of(env: RunEnv, owner: Principal, version: Any) -> dict[str, Any]:
-    """The ``data`` section of the job that made ``version`` or, failing that, its nearest ancestor's.
-
-    Train and optimize jobs keep their spec, so a version they registered knows what it was trained
-    and measured on. The owner's rights are checked again on the result (``check_optimize_spec``).
-    """
-    from modelport.jobs.tables import Job
-
-    for link in lineage.chain(env.db, owner, version.model, version.version):
-        job_id = link.get("job")
-        if not job_id:
-            continue
-        with env.db.read() as s:
-            found = s.get(Job, str(job_id))
-        data = found.spec.get("data") if found is not None and found.kind in ("train", "optimize") else None
-        if isinstance(data, dict):
-            return data  # a training spec's preprocess is ignored: the version's manifest records it
-    raise BadRequest(
-        message=f"optimize needs data: {version.model}:{version.version} was not made by a Modelport job, "
-        "so give data (e.g. {source: mnist, path: ...}) in the spec or --data-path"
-    )
-
-
-def _working(env: RunEnv, ref: str, manifest: dict[str, Any], files: list[Any]) -> Working:
+def _working(env: RunEnv, version: VersionInfo) -> Working:
+    """The version's files, copied (hash-checked) by the worker into the job's folder, and its network."""
     from modelport.optimize.working import load_working
 
-    folder = env.workdir / "versions" / ref.replace(":", "-")
-    return load_working(env.store, ref, manifest, {f.path: f.sha256 for f in files}, folder)
+    folder = env.workdir / "versions" / version.ref.replace(":", "-")
+    if folder.exists():
+        shutil.rmtree(folder)
+    env.services.fetch_version(version.model, version.version, folder)
+    return load_working(version.ref, version.manifest, folder)
 
 
-def _registered(env: RunEnv, job: Claimed, target: str, index: int) -> Registered | None:
+def _registered(env: RunEnv, index: int) -> Registered | None:
     """The version an earlier attempt of this job registered for step ``index``, if any."""
     from modelport.optimize.run import Registered
 
-    try:
-        found, _ = versions.list_versions(env.db, job.owner, target, limit=1000)
-    except (ModelNotFound, VersionNotFound):
+    found = env.services.registered_step(index)
+    if found is None:
         return None
-    for item in found:
-        lineage = item.manifest.get("lineage") or {}
-        transform = lineage.get("transform") or {}
-        if lineage.get("job") == job.id and isinstance(transform, dict) and transform.get("step") == index:
-            full = versions.get_version(env.db, job.owner, target, item.version)
-            ref = f"{target}:{item.version}"
-            return Registered(ref, item.version, _working(env, ref, full.manifest, full.files))
-    return None
+    return Registered(found.ref, found.version, _working(env, found))
 
 
-def _register(
-    env: RunEnv, job: Claimed, target: str, index: int, produced: Produced, report: dict[str, Any]
-) -> Registered:
+def _register(env: RunEnv, index: int, produced: Produced, report: dict[str, Any]) -> Registered:
     from modelport.optimize.run import Registered
     from modelport.optimize.working import Working
     from modelport.store.bundle import Manifest
@@ -156,25 +123,16 @@ def _register(
     if env.should_stop():
         raise JobStopped()
     manifest = {**produced.manifest, "lineage": {"parent": report["parent"]}}
-    done = register_bundle(
-        env,
-        job.owner,
-        job_id=job.id,
-        bundle_dir=produced.folder,
-        manifest=manifest,
-        model=target,
-        alias=None,
-        transform={**produced.transform, "step": index},
-        report=report,
+    done = env.services.register(
+        produced.folder, manifest, transform={**produced.transform, "step": index}, report=report
     )
-    ref = f"{target}:{done['version']}"
-    full = versions.get_version(env.db, job.owner, target, int(done["version"]))
+    ref = f"{done.model}:{done.version}"
     working = Working(
         ref=ref,
-        manifest=Manifest.model_validate(full.manifest),
+        manifest=Manifest.model_validate(done.manifest),
         folder=produced.folder,
         layers=produced.layers,
         input_shape=produced.input_shape,
         model=produced.model,
     )
-    return Registered(ref, int(done["version"]), working)
+    return Registered(ref, done.version, working)

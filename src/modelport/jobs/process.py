@@ -1,21 +1,27 @@
-"""One process per job: a memory limit, a time limit, and none of the server's secrets.
+"""One process per job: a memory limit, a time limit, a sandbox, and nothing of the server's secrets.
 
-The worker claims a job, heartbeats it and ends it; the job's own process only runs the kind's ``run``.
-Job processes are forked from a fork server that imported the training stack once, so a job starts in
-milliseconds, and whatever it allocated goes back to the system when it ends::
+The worker claims a job, heartbeats it, does all of its registry and store work, and ends it; the job's
+own process only runs the kind's ``run``, in a sandbox, holding no database connection and no master
+key. Job processes are forked from a fork server that imported the training stack once, so a job starts
+in milliseconds, and whatever it allocated goes back to the system when it ends::
 
-    worker (parent)                              job process (child, its own process group)
-    claim; Lease thread: heartbeat, cancel       RLIMIT_DATA = the memory limit; secret variables dropped
-    start ─────────── settings, job ──────────>  kinds.get(kind).run(job, env); events go to the database
-    lease says stop ──────── "stop" ──────────>  env.should_stop() turns true: checkpoint, JobStopped
-    past job_timeout_s: SIGKILL the group        the worker is gone (pipe closed): SIGKILL its own group
-    <──────────────────── Outcome ────────────   succeeded + result | stopped | failed + message
+    worker (parent): Database, store, master key      job process (child, its own process group)
+    claim; Lease thread: heartbeat, cancel            RLIMIT_DATA = the memory limit; secrets dropped;
+    sandbox policy: workdir, data paths, forbidden    TMPDIR in its folder; sandbox.apply(policy)
+    start ───── settings (no keys), job, policy ────> kinds.get(kind).run(job, env)
+    rpc.receive: check, serve as the owner  <── JSON ── {"call": "register", "args": {...}}, {"event": ...}
+                 ──────────────── JSON ────────────>  {"ok": ...} | {"error": ...}
+    lease says stop ──────── b"stop" ─────────────>   env.should_stop() turns true: checkpoint, JobStopped
+    past job_timeout_s: SIGKILL the group             the worker is gone (pipe closed): SIGKILL its own group
+    bad message (pickle, not JSON): SIGKILL, fail
+    <──────────────────── JSON outcome ─────────────  succeeded + result | stopped | failed + message
     finish / release, fenced by the lease
 
-A job that allocates past its limit gets MemoryError (or torch's "can't allocate memory") and fails with
-"job exceeded its memory limit of N bytes"; one past its time fails with "job exceeded its time limit of
-N s"; one whose process dies (the kernel's OOM killer, a crash) fails with how it died. The worker runs no
-job code, so it stays up and takes the next job.
+The worker never unpickles anything the job sends (``rpc.py``). A job that allocates past its limit gets
+MemoryError (or torch's "can't allocate memory") and fails with "job exceeded its memory limit of N
+bytes"; one past its time fails with "job exceeded its time limit of N s"; one whose process dies (the
+kernel's OOM killer, a crash) fails with how it died. The worker runs no job code, so it stays up and
+takes the next job.
 """
 
 from __future__ import annotations
@@ -26,27 +32,32 @@ import multiprocessing
 import os
 import resource
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from multiprocessing import forkserver
 from multiprocessing.connection import Connection
-from typing import Any, Literal
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 from modelport.config import Settings
 from modelport.errors import ModelportError
-from modelport.jobs import events, kinds
+from modelport.jobs import kinds, rpc, sandbox
 from modelport.jobs.kinds import JobFailed, JobStopped, RunEnv
 from modelport.jobs.queue import Claimed
-from modelport.registry.db import Database
-from modelport.store.local import open_store
+from modelport.jobs.rpc import MAX_ERROR_CHARS as MAX_ERROR_CHARS
+from modelport.jobs.rpc import Outcome, ProtocolError, ServicesClient
+from modelport.jobs.rpc import public_message as public_message
+from modelport.jobs.services import LocalServices
 
 log = logging.getLogger("modelport.worker")
 
 JOB_SECRET_ENV = ("MODELPORT_ADMIN_KEY", "MODELPORT_KEY", "MODELPORT_MASTER_KEY", "MODELPORT_MASTER_KEY_FILE")
-"""Environment variables a job's process never has (the worker may need the master key; its jobs do not
-read it from the environment: the store they use is opened from the settings they are handed)."""
+"""Environment variables a job's process never has."""
+JOB_SETTINGS = ("home", "log_level", "job_python_modules", "job_data_dirs", "job_sandbox")
+"""The settings a job's process is given; every other one (keys, database URL, TLS) is left at its default."""
 PRELOAD = [
     "__main__",
     "modelport.jobs.worker",
@@ -61,17 +72,8 @@ PRELOAD = [
 """Imported once by the fork server, so a job process starts with them loaded (a tiny training run then
 takes 0.1 s instead of 5 s of imports)."""
 POLL_S = 0.1
-MAX_ERROR_CHARS = 1000
 _OOM_TEXT = ("can't allocate memory", "cannot allocate memory", "not enough memory", "std::bad_alloc")
 _forkserver_lock = threading.Lock()
-
-
-def public_message(exc: BaseException, settings: Settings) -> str:
-    """What a caller may read about a failure: the message, without server paths."""
-    text = exc.message if isinstance(exc, ModelportError) else f"{type(exc).__name__}: {exc}"
-    for path, shown in ((settings.home.resolve(), "$MODELPORT_HOME"), (settings.home, "$MODELPORT_HOME")):
-        text = text.replace(str(path), shown)
-    return text[:MAX_ERROR_CHARS]
 
 
 def memory_limit(settings: Settings) -> int:
@@ -93,15 +95,8 @@ def time_message(limit_s: float) -> str:
     return f"job exceeded its time limit of {limit_s:g} s"
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a job's process ended, as the worker records it."""
-
-    status: Literal["succeeded", "failed", "stopped"]
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    lost: bool = False
-    """For ``stopped``: the job's events found the lease gone (it was requeued or ended elsewhere)."""
+def protocol_message(why: str) -> str:
+    return f"the job's process broke the services protocol ({why}); it was stopped"
 
 
 # -- the worker's side --------------------------------------------------------------------------------
@@ -125,29 +120,83 @@ def start_forkserver() -> multiprocessing.context.ForkServerContext:
     return ctx
 
 
-class JobProcess:
-    """A job's process, seen from the worker: start it, relay stop requests, enforce the time limit."""
+def job_settings(settings: Settings) -> Settings:
+    """The settings a job's process gets: :data:`JOB_SETTINGS` only (no key, no database URL)."""
+    return Settings.model_construct(**{name: getattr(settings, name) for name in JOB_SETTINGS})
 
-    def __init__(self, settings: Settings, job: Claimed, worker_id: str) -> None:
+
+def job_policy(settings: Settings, services: LocalServices) -> sandbox.Policy:
+    """The sandbox of one job: its folder; job_data_dirs and its spec's data read-only; never the home,
+    the key files or the database file; TCP and /dev/shm only for parallel training."""
+    forbidden: list[Path | None] = [settings.home, settings.master_key_file, settings.tls_key, _sqlite_file(settings)]
+    paths, parallel = _needs(services)
+    read: list[str | Path] = [*settings.job_data_dirs, *paths]
+    return sandbox.Policy(
+        mode=settings.job_sandbox,
+        workdir=str(services.workdir.resolve()),
+        read=tuple(str(Path(p).resolve()) for p in read),
+        forbidden=tuple(str(Path(p).resolve()) for p in forbidden if p is not None),
+        parallel=parallel,
+    )
+
+
+def _sqlite_file(settings: Settings) -> Path | None:
+    if not settings.database_url:
+        return None
+    url = make_url(settings.database_url)
+    return Path(url.database) if url.drivername.startswith("sqlite") and url.database else None
+
+
+def _needs(services: LocalServices) -> tuple[list[str], bool]:
+    """The data paths the job's spec names, and whether it trains in parallel (gloo/NCCL over TCP).
+
+    A spec that no longer parses needs nothing: the job fails on it with the proper message."""
+    job = services.job
+    try:
+        if job.kind == "train":
+            from modelport.training.spec import load_spec
+
+            spec = load_spec(job.spec)
+            return [spec.data.path] if spec.data.path else [], spec.train.parallel.strategy != "none"
+        if job.kind == "optimize":
+            from modelport.optimize.spec import load_optimize_spec
+
+            opt = load_optimize_spec(job.spec)
+            if opt.data is not None:
+                return [opt.data.path] if opt.data.path else [], False
+            source = services.resolve(opt.source)
+            path = services.training_data(source.model, source.version).get("path")
+            return [path] if isinstance(path, str) else [], False
+    except (ModelportError, ValueError):
+        pass
+    return [], False
+
+
+class JobProcess:
+    """A job's process, seen from the worker: start it, serve its requests, relay stop requests,
+    enforce the time limit."""
+
+    def __init__(self, settings: Settings, job: Claimed, services: LocalServices) -> None:
         self.limit = memory_limit(settings)
+        self.services = services
+        policy = job_policy(settings, services)
         ctx = start_forkserver()
-        control_r, self._control = ctx.Pipe(duplex=False)  # worker -> job: "stop"
-        self._outcome, outcome_w = ctx.Pipe(duplex=False)  # job -> worker: the Outcome
-        job_settings = settings.model_copy(update={"admin_key": None})
+        control_r, self._control = ctx.Pipe(duplex=False)  # worker -> job: b"stop"
+        self._channel, channel_child = ctx.Pipe(duplex=True)  # JSON both ways (rpc.py)
         self.proc = ctx.Process(
             target=_job_main,
-            args=(job_settings, job, worker_id, self.limit, control_r, outcome_w),
+            args=(job_settings(settings), job, self.limit, control_r, channel_child, policy),
             name=f"modelport-job-{job.id[:8]}",
         )
         try:
             self.proc.start()
         except BaseException:
             self._control.close()
-            self._outcome.close()
+            self._channel.close()
             raise
         finally:
             control_r.close()  # the child holds its own copies; ours would hide the child's exit
-            outcome_w.close()
+            channel_child.close()
 
     def wait(self, should_stop: Callable[[], bool], timeout_s: float | None) -> Outcome:
         """The job's outcome: what it reported, or why it ended without reporting."""
@@ -155,8 +204,10 @@ class JobProcess:
         asked = False
         try:
             while True:
-                if self._outcome.poll(POLL_S):
-                    return self._received()
+                if self._channel.poll(POLL_S):
+                    ended = self._serve_one()
+                    if ended is not None:
+                        return ended
                 if not asked and should_stop():
                     asked = self._send_stop()
                 if deadline is not None and time.monotonic() >= deadline:
@@ -165,20 +216,40 @@ class JobProcess:
         finally:
             self._close()
 
-    def _received(self) -> Outcome:
+    def _serve_one(self) -> Outcome | None:
+        """Read and handle one message of the job; its Outcome when it has ended."""
         try:
-            outcome: Outcome = self._outcome.recv()
-        except (EOFError, OSError):  # the process ended without a word
+            raw = self._channel.recv_bytes(rpc.MAX_MESSAGE_BYTES)
+        except EOFError:  # the process ended without a word
             self.proc.join()
             return Outcome("failed", error=self._death())
-        self.proc.join(timeout=30)
-        if self.proc.is_alive():  # reported, then hung on the way out (a stuck thread)
-            self.kill()
-        return outcome
+        except OSError:  # longer than allowed (or the pipe broke as the process died)
+            self.proc.join(timeout=0.5)
+            if self.proc.exitcode is not None:
+                return Outcome("failed", error=self._death())
+            return self._violation(f"a message over {rpc.MAX_MESSAGE_BYTES} bytes")
+        try:
+            answer = rpc.receive(self.services, raw)
+        except ProtocolError as exc:
+            return self._violation(str(exc))
+        if isinstance(answer, Outcome):
+            self.proc.join(timeout=30)
+            if self.proc.is_alive():  # reported, then hung on the way out (a stuck thread)
+                self.kill()
+            return answer
+        if answer is not None:
+            with contextlib.suppress(OSError):  # it died meanwhile: the next poll reads the end
+                self._channel.send_bytes(answer)
+        return None
+
+    def _violation(self, why: str) -> Outcome:
+        log.warning("job %s: its process broke the services protocol (%s); killed", self.services.job.id, why)
+        self.kill()
+        return Outcome("failed", error=protocol_message(why))
 
     def _send_stop(self) -> bool:
         with contextlib.suppress(OSError):
-            self._control.send("stop")
+            self._control.send_bytes(b"stop")
         return True
 
     def _death(self) -> str:
@@ -202,26 +273,30 @@ class JobProcess:
 
     def _close(self) -> None:
         self._control.close()
-        self._outcome.close()
+        self._channel.close()
         if self.proc.exitcode is not None:
             self.proc.close()
 
 
 # -- the job's side -----------------------------------------------------------------------------------
 def _job_main(
-    settings: Settings, job: Claimed, worker_id: str, limit: int, control: Connection, outcome: Connection
+    settings: Settings, job: Claimed, limit: int, control: Connection, channel: Connection, policy: sandbox.Policy
 ) -> None:
-    """The job process: isolate, limit, listen for "stop", run the job, report how it ended."""
+    """The job process: isolate, limit, sandbox, listen for "stop", run the job, report how it ended."""
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # its own group: the worker kills it whole; the terminal's Ctrl-C stays with the worker
     for name in JOB_SECRET_ENV:
         os.environ.pop(name, None)
     _log_like(settings)
+    workdir = kinds.workdir_of(settings, job.id)
+    _private_tmp(workdir)
+    _limit_memory(limit)
+    refused = _sandbox(policy)  # before any thread starts: the sandbox binds this thread and its offspring
+    services = ServicesClient(channel, workdir)
     stop = threading.Event()
     threading.Thread(target=_listen, args=(control, stop), name="job-control", daemon=True).start()
-    _limit_memory(limit)
-    result = _run(settings, job, worker_id, limit, stop)
-    outcome.send(result)
+    outcome = Outcome("failed", error=refused) if refused else _run(settings, job, services, limit, stop)
+    services.finish(outcome)
 
 
 def _log_like(settings: Settings) -> None:
@@ -232,6 +307,25 @@ def _log_like(settings: Settings) -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
+
+
+def _private_tmp(workdir: Path) -> None:
+    """Temporary files go to the job's own folder (other jobs' temporary files are out of its sandbox)."""
+    tmp = workdir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = str(tmp)
+    tempfile.tempdir = str(tmp)
+
+
+def _sandbox(policy: sandbox.Policy) -> str | None:
+    """Apply the sandbox; the job's failure message when ``required`` cannot be met."""
+    try:
+        applied = sandbox.apply(policy)
+    except sandbox.SandboxError as exc:
+        return str(exc)
+    for warning in applied.warnings:
+        log.warning("job sandbox (best-effort): %s", warning)
+    return None
 
 
 def _limit_memory(limit: int) -> None:
@@ -246,34 +340,22 @@ def _listen(control: Connection, stop: threading.Event) -> None:
     """Relay the worker's "stop"; when the worker is gone (pipe closed), end this job's whole group."""
     while True:
         try:
-            message = control.recv()
+            message = control.recv_bytes()
         except (EOFError, OSError):
             if os.getpgrp() == os.getpid():
                 os.killpg(os.getpid(), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
             return
-        if message == "stop":
+        if message == b"stop":
             stop.set()
 
 
-def _run(settings: Settings, job: Claimed, worker_id: str, limit: int, stop: threading.Event) -> Outcome:
-    db = Database(settings)
-    lost = threading.Event()
-    try:
-        env = RunEnv(
-            db,
-            open_store(settings, create_key=False),
-            settings,
-            kinds.workdir_of(settings, job.id),
-            events.EventSink(db, job.id, worker_id, on_lost=lost.set),
-            lambda: stop.is_set() or lost.is_set(),
-        )
-        ended = _attempt(job, env, limit)
-        if isinstance(ended, str):  # the message of a failure, built after the failing frames were freed
-            return Outcome("failed", error=ended)
-        return Outcome("stopped", lost=lost.is_set()) if ended is None else ended
-    finally:
-        db.dispose()
+def _run(settings: Settings, job: Claimed, services: ServicesClient, limit: int, stop: threading.Event) -> Outcome:
+    env = RunEnv(services, settings, services.workdir, services.report, stop.is_set)
+    ended = _attempt(job, env, limit)
+    if isinstance(ended, str):  # the message of a failure, built after the failing frames were freed
+        return Outcome("failed", error=ended)
+    return Outcome("stopped") if ended is None else ended
 
 
 def _attempt(job: Claimed, env: RunEnv, limit: int) -> Outcome | str | None:

@@ -14,7 +14,8 @@ A sweep spec::
 Every trial spec is built and validated at submit time, so a bad combination is a 400 before anything
 runs. The sweep job itself needs no worker while its trials run: it waits as ``running`` and is
 queued again by the queue when its last trial ends (see ``queue._trial_ended``); then a worker runs
-:meth:`SweepKind.run`, which ranks and registers.
+:meth:`SweepKind.run`, which ranks the trials and has the worker register the best one from its
+folder (``services.register_trial``).
 """
 
 from __future__ import annotations
@@ -24,21 +25,20 @@ import itertools
 import math
 import random
 import re
-import shutil
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modelport.auth.principals import Principal
 from modelport.config import Settings
 from modelport.errors import InvalidJobSpec
 from modelport.jobs import kinds
-from modelport.jobs.kinds import OUTCOME_FILE, JobFailed, Prepared, RunEnv, Trial
+from modelport.jobs.kinds import JobFailed, Prepared, RunEnv, Trial
 
 if TYPE_CHECKING:
     from modelport.jobs.queue import Claimed
-    from modelport.jobs.tables import Job
+    from modelport.jobs.services import TrialInfo
 
 MAX_TRIALS = 128
 _PATH = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z0-9_]+){0,7}$")
@@ -122,17 +122,17 @@ def apply(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def _value(job: Job, metric: str) -> float | None:
+def _value(job: TrialInfo, metric: str) -> float | None:
     value = ((job.result or {}).get("metrics") or {}).get(metric)
     if isinstance(value, int | float) and math.isfinite(value):
         return float(value)
     return None
 
 
-def rank(trials: list[Job], metric: str, mode: str) -> list[dict[str, Any]]:
+def rank(trials: Sequence[TrialInfo], metric: str, mode: str) -> list[dict[str, Any]]:
     """Trials best first: succeeded ones by ``metric`` (``mode`` max or min), then the rest."""
 
-    def key(job: Job) -> tuple[int, float]:
+    def key(job: TrialInfo) -> tuple[int, float]:
         value = _value(job, metric)
         if job.status != "succeeded" or value is None:
             return 1, 0.0
@@ -174,27 +174,17 @@ class SweepKind:
         return Prepared(spec=spec, target=kinds.target_of(base), meta=meta, trials=trials, datasets=used)
 
     def run(self, job: Claimed, env: RunEnv) -> dict[str, Any]:
-        from modelport.jobs.queue import trials_of
-
         sweep = parse_sweep(job.spec)
-        table = rank(trials_of(env.db, job.id), sweep.metric, sweep.mode)
+        table = rank(env.services.trials(), sweep.metric, sweep.mode)
         env.report({"type": "log", "message": f"ranked {len(table)} trials by {sweep.metric} ({sweep.mode})"})
         best = table[0] if table and table[0][sweep.metric] is not None else None
         if best is None:
             raise JobFailed(f"no trial succeeded with a {sweep.metric!r} metric; see the trials' errors")
         base = kinds.check_train_spec(sweep.base, job.owner, env.settings, where="base")
-        best_dir = kinds.workdir_of(env.settings, best["job"])
-        kept = orjson.loads((best_dir / OUTCOME_FILE).read_bytes())
-        registered = kinds.register_bundle(
-            env,
-            job.owner,
-            job_id=best["job"],
-            bundle_dir=best_dir / kept["bundle"],
-            manifest=kept["manifest"],
-            model=kinds.target_of(base),
+        registered = env.services.register_trial(
+            best["job"],
             alias=base.registration.alias if base.registration else None,
             transform={"sweep": job.id, "trial": best["trial"], "params": best["params"]},
         )
-        for row in table:
-            shutil.rmtree(kinds.workdir_of(env.settings, row["job"]), ignore_errors=True)
-        return {"metric": sweep.metric, "mode": sweep.mode, "best": best, "trials": table, **registered}
+        env.services.remove_trial_folders()
+        return {"metric": sweep.metric, "mode": sweep.mode, "best": best, "trials": table, **registered.as_result()}

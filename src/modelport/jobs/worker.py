@@ -29,10 +29,12 @@ import uuid
 from collections.abc import Callable
 
 from modelport.config import Settings
-from modelport.jobs import kinds, queue
+from modelport.jobs import kinds, queue, sandbox
 from modelport.jobs.process import MAX_ERROR_CHARS as MAX_ERROR_CHARS
-from modelport.jobs.process import JobProcess, Outcome, start_forkserver
+from modelport.jobs.process import JobProcess, start_forkserver
 from modelport.jobs.process import public_message as public_message
+from modelport.jobs.rpc import Outcome
+from modelport.jobs.services import LocalServices
 from modelport.registry.db import Database
 from modelport.store.local import open_store
 
@@ -97,7 +99,7 @@ class Worker:
         self.id = worker_id or new_worker_id()
         self.parent_pid = parent_pid
         self.db = Database(settings)
-        self.store = open_store(settings)  # the same master key as the server: jobs read blobs too
+        self.store = open_store(settings)  # the same master key as the server: it reads and writes blobs for its jobs
         self._stop = threading.Event()
         self._last_reap = 0.0
 
@@ -158,8 +160,6 @@ class Worker:
     def _run(self, job: queue.Claimed, lease: Lease) -> str:
         outcome = self._outcome(job, lease)
         if outcome.status == "stopped":
-            if outcome.lost:
-                lease.mark_lost()
             return self._stopped(job, lease)
         if outcome.status == "failed":
             log.warning("job %s failed: %s", job.id, outcome.error)
@@ -169,9 +169,14 @@ class Worker:
         return self._end(job, "succeeded", result=outcome.result)
 
     def _outcome(self, job: queue.Claimed, lease: Lease) -> Outcome:
-        """Run the job in its own process (memory and time limits) and say how it ended."""
+        """Run the job in its own sandboxed process (memory and time limits), serving its registry and
+        store requests meanwhile, and say how it ended."""
+        refused = sandbox.check(self.settings.job_sandbox)
+        if refused is not None:
+            return Outcome("failed", error=refused)
+        services = LocalServices(self.db, self.store, self.settings, job, self.id, on_lost=lease.mark_lost)
         try:
-            child = JobProcess(self.settings, job, self.id)
+            child = JobProcess(self.settings, job, services)
         except Exception as exc:  # noqa: BLE001 - e.g. no memory left to fork: the job fails, the worker stays
             log.error("job %s: could not start its process (%s)", job.id, type(exc).__name__)
             return Outcome("failed", error=f"could not start the job's process ({type(exc).__name__})")

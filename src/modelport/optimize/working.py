@@ -8,7 +8,6 @@ uploaded ONNX file) can still be quantized, but not pruned, fine-tuned, distille
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,6 @@ from torch import nn
 from modelport.errors import BadRequest, InvalidManifest
 from modelport.formats import torch as torch_format
 from modelport.store.bundle import Manifest
-from modelport.store.local import LocalBlobStore
 from modelport.training.data.preprocess import apply_steps, encode_targets
 from modelport.training.data.sources import load_source
 from modelport.training.data.splits import make_splits
@@ -85,15 +83,10 @@ class Examples:
     classes: int
 
 
-def load_working(
-    store: LocalBlobStore, ref: str, manifest: dict[str, Any], files: dict[str, str], dest: Path
-) -> Working:
-    """Copy the version's files (hash-checked) into ``dest`` and rebuild its network if it has one."""
+def load_working(ref: str, manifest: dict[str, Any], dest: Path) -> Working:
+    """The version whose files were copied (hash-checked) into ``dest``, with its network rebuilt if it
+    has one. The copying is the caller's: a job asks its worker (``jobs/services.py``)."""
     parsed = Manifest.model_validate(manifest)
-    if dest.exists():
-        shutil.rmtree(dest)
-    for path, sha in files.items():
-        store.copy_verified(sha, dest / path)
     working = Working(ref=ref, manifest=parsed, folder=dest)
     architecture = parsed.architecture
     if isinstance(architecture, dict) and "layers" in architecture:

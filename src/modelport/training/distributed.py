@@ -1,15 +1,17 @@
 """Parallel training in worker processes: data parallelism (DDP) and a GPipe-style pipeline.
 
 ``parallel: {strategy: data, workers: N}`` starts N processes joined by torch.distributed (gloo on
-CPU, NCCL on CUDA). Each builds the same network from the same seed, takes its slice of every
-batch (``Plan.shard``) and runs the ordinary :func:`~modelport.training.loop.fit` around a
-``DistributedDataParallel`` head, which averages the gradients, so a step sees the whole batch as
-in one process. Rank 0 writes the checkpoints and reports the events; a stop request is agreed on
-by all ranks (an all-reduce every 16 steps) so they stop at the same step. Resuming restores
-rank 0's checkpoint on every rank: weights, optimizer and schedule exactly; the train loss/accuracy
-of an epoch interrupted mid-way count only rank 0's share of the steps before the stop, and the
-dropout masks of all ranks follow rank 0's generator from then on. Metrics match a single process
-within noise, not bit for bit (the batch is split, so reductions run in another order).
+CPU, NCCL on CUDA), meeting through a file store in the run's folder rather than a TCP port chosen
+in advance (a job's sandbox lets its ranks bind ephemeral ports only: ``jobs/sandbox.py``). Each
+builds the same network from the same seed, takes its slice of every batch (``Plan.shard``) and runs
+the ordinary :func:`~modelport.training.loop.fit` around a ``DistributedDataParallel`` head, which
+averages the gradients, so a step sees the whole batch as in one process. Rank 0 writes the
+checkpoints and reports the events; a stop request is agreed on by all ranks (an all-reduce every 16
+steps) so they stop at the same step. Resuming restores rank 0's checkpoint on every rank: weights,
+optimizer and schedule exactly; the train loss/accuracy of an epoch interrupted mid-way count only
+rank 0's share of the steps before the stop, and the dropout masks of all ranks follow rank 0's
+generator from then on. Metrics match a single process within noise, not bit for bit (the batch is
+split, so reductions run in another order).
 
 ``parallel: {strategy: model, stages: N}`` splits the layer list into N contiguous stages of about
 equal parameter count, one per process. Each batch is cut into micro-batches that flow forward
@@ -30,8 +32,8 @@ import itertools
 import json
 import os
 import queue as queue_module
-import socket
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
@@ -95,11 +97,15 @@ def _spawn_and_supervise(
     ctx = mp.get_context("spawn")
     events = ctx.Queue()
     stop = ctx.Event()
-    args = (world, _free_port(), spec.model_dump_json(by_alias=True), str(workdir), events, stop)
+    rendezvous = workdir / f"rendezvous-{uuid.uuid4().hex}"  # a file store: no fixed port to bind
+    args = (world, str(rendezvous), spec.model_dump_json(by_alias=True), str(workdir), events, stop)
     procs = [ctx.Process(target=_worker, args=(rank, *args), daemon=True) for rank in range(world)]
     for proc in procs:
         proc.start()
-    _supervise(procs, events, report, should_stop, stop)
+    try:
+        _supervise(procs, events, report, should_stop, stop)
+    finally:
+        rendezvous.unlink(missing_ok=True)
 
 
 def _resolved(spec: TrainSpec, resolve_dataset: Callable[[str], Path] | None) -> TrainSpec:
@@ -154,7 +160,7 @@ def _forward_one(events: Any, report: Callable[[Event], None], stop: Any, outcom
     return True
 
 
-def _worker(rank: int, world: int, port: int, spec_json: str, workdir: str, events: Any, stop: Any) -> None:
+def _worker(rank: int, world: int, rendezvous: str, spec_json: str, workdir: str, events: Any, stop: Any) -> None:
     """One process of a parallel run: join the group, train, report through ``events``."""
     options = json.loads(spec_json)["train"]
     torch.set_num_threads(options.get("threads") or 1)  # N workers on the cores: one thread each by default
@@ -162,9 +168,7 @@ def _worker(rank: int, world: int, port: int, spec_json: str, workdir: str, even
     if cuda:
         torch.cuda.set_device(rank % torch.cuda.device_count())
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group(
-        "nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         spec = TrainSpec.model_validate_json(spec_json)
         device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
@@ -222,12 +226,6 @@ def _agreed(stop: Any, device: torch.device) -> Callable[[], bool]:
         return bool(flag.item() > 0)
 
     return should_stop
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _pipeline_stage(
