@@ -10,15 +10,16 @@ OpenAPI description. Keys and reference resolution come from the one-second cach
 the database in a worker thread, never on the event loop.
 
 The per-key rate limit (``auth/rate_limit.py``) is checked here, right after the key, and only here: the
-edge middleware sends every inference request this way, and the limiter's buckets belong to the event
-loop of this process.
+edge middleware sends every inference request this way; the buckets are the process's own, or shared by
+the processes of ``serve --workers``.
 """
 
 from __future__ import annotations
 
 import re
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope
 
 from modelport.api.context import AppContext
 from modelport.api.errors import error_response, status_of
@@ -31,8 +32,6 @@ from modelport.serving.singleflight import SingleFlight
 
 PREDICT = re.compile(r"^/v1/models/([^/]+)/predict$")
 INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
-WANTED = frozenset({b"authorization", b"content-type", b"accept", b"x-tensor-shape", b"x-tensor-dtype"})
-"""The only request headers the inference routes read (decoding every header costs more than this)."""
 PREDICT_TEMPLATE = "/v1/models/{ref}/predict"
 INFER_TEMPLATE = "/v2/models/{name}/infer"
 
@@ -64,7 +63,7 @@ class FastPath:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self._keys: SingleFlight[Principal] = SingleFlight()
-        self.limiter = RateLimiter(default_rps=ctx.settings.rate_limit_rps, burst=ctx.settings.rate_limit_burst)
+        self.limiter = RateLimiter.for_settings(ctx.settings)
 
     async def principal(self, authorization: str | None) -> Principal:
         if not self.ctx.settings.auth:
@@ -81,10 +80,11 @@ class FastPath:
         authenticate = self.ctx.keys.authenticate
         return await self._keys.run(key, lambda: authenticate(key))
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in WANTED}
+    async def respond(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes]) -> Reply | Response:
+        """The answer to one inference request: a 200's body and headers, which the edge writes itself
+        (with the request id), or an error Response. ``headers`` is the edge's dict of the request's."""
         try:
-            who = await self.principal(headers.get("authorization"))
+            who = await self.principal(_text(headers.get(b"authorization")))
             rps = who.rate_limit_rps or self.limiter.default_rps
             if rps and who.rate_bucket is not None:  # off (the default): these two tests are all it costs
                 self.limiter.take(who.rate_bucket, rps)
@@ -97,19 +97,21 @@ class FastPath:
                     who,
                     predict.group(1),
                     body,
-                    content_type=headers.get("content-type"),
-                    accept=headers.get("accept"),
-                    tensor_shape=headers.get("x-tensor-shape"),
-                    tensor_dtype=headers.get("x-tensor-dtype"),
+                    content_type=_text(headers.get(b"content-type")),
+                    accept=_text(headers.get(b"accept")),
+                    tensor_shape=_text(headers.get(b"x-tensor-shape")),
+                    tensor_dtype=_text(headers.get(b"x-tensor-dtype")),
                 )
-                payload, media_type, extra = result.body, result.media_type, result.headers
-            else:
-                infer = INFER.match(path)
-                assert infer is not None
-                payload = await answer_infer(
-                    self.ctx, who, infer.group(1), infer.group(2), body, headers.get("content-type")
-                )
-                media_type, extra = "application/json", {}
+                reply = Reply(result.body, _MEDIA.get(result.media_type) or result.media_type.encode())
+                if result.headers:
+                    reply.headers = [(k.lower().encode(), v.encode()) for k, v in result.headers.items()]
+                return reply
+            infer = INFER.match(path)
+            assert infer is not None
+            payload = await answer_infer(
+                self.ctx, who, infer.group(1), infer.group(2), body, _text(headers.get(b"content-type"))
+            )
+            return Reply(payload, b"application/json")
         except ModelportError as exc:
             err_headers: dict[str, str] | None = None
             if isinstance(exc, TooManyRequests):
@@ -118,9 +120,22 @@ class FastPath:
                 err_headers = {"WWW-Authenticate": "Bearer"}
             response = error_response(status_of(exc), exc.code, exc.message, exc.details, err_headers)
             exc.__traceback__ = None  # an idle worker thread may keep the error; its frames hold the body
-            await response(scope, receive, send)
-            return
-        raw_headers = [(b"content-type", media_type.encode()), (b"content-length", str(len(payload)).encode())]
-        raw_headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-        await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
-        await send({"type": "http.response.body", "body": payload})
+            return response
+
+
+class Reply:
+    """A 200 from the fast path: body, media type, and any extra response headers."""
+
+    __slots__ = ("body", "headers", "media_type")
+
+    def __init__(self, body: bytes, media_type: bytes) -> None:
+        self.body = body
+        self.media_type = media_type
+        self.headers: list[tuple[bytes, bytes]] = []
+
+
+_MEDIA = {"application/json": b"application/json", "application/octet-stream": b"application/octet-stream"}
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")

@@ -3,18 +3,22 @@ queue depth, loaded models and their memory."""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from modelport.serving.runtime import ModelRuntime
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+MAX_SERIES = 100_000
+"""Past this many label sets a table starts over rather than grow (model names come from requests)."""
+_STATUS = {code: str(code) for code in range(100, 600)}
 
 
 class _RuntimeCollector(Collector):
@@ -40,43 +44,86 @@ class _RuntimeCollector(Collector):
         yield from (count, memory, budget, depth)
 
 
-class Metrics:
+class _Histograms:
+    """Counts and sums per label set, kept in plain lists: observing costs a bisect and two additions
+    (prometheus_client's child ``observe`` takes a lock and walks every bucket, ~2 us). Read at scrape."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.les = [repr(float(b)) for b in bounds] + ["+Inf"]
+        self.series: dict[tuple[str, ...], list[float]] = {}
+        """label values -> [count in bucket 0, ..., count above the last bound, sum]."""
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        row = self.series.get(labels)
+        if row is None:
+            if len(self.series) > MAX_SERIES:
+                self.series.clear()
+            row = self.series[labels] = [0.0] * (len(self.bounds) + 2)
+        row[bisect_left(self.bounds, value)] += 1
+        row[-1] += value
+
+    def family(self, name: str, documentation: str, label_names: list[str]) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(name, documentation, labels=label_names)
+        for labels, row in list(self.series.items()):
+            running, buckets = 0.0, []
+            for le, count in zip(self.les, row[:-1], strict=True):
+                running += count
+                buckets.append((le, running))
+            family.add_metric(list(labels), buckets, sum_value=row[-1])
+        return family
+
+
+class _Counts:
     def __init__(self) -> None:
-        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._prediction_children: dict[tuple[str, int | None, bool], tuple[Any, Any]] = {}
-        self._batch_children: dict[tuple[str, int], Any] = {}
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "modelport_http_requests_total", "HTTP requests", ["route", "method", "status"], registry=self.registry
+        self.series: dict[tuple[str, ...], float] = {}
+
+    def inc(self, labels: tuple[str, ...]) -> None:
+        series = self.series
+        if labels not in series and len(series) > MAX_SERIES:
+            series.clear()
+        series[labels] = series.get(labels, 0.0) + 1
+
+    def family(self, name: str, documentation: str, label_names: list[str]) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, documentation, labels=label_names)
+        for labels, value in list(self.series.items()):
+            family.add_metric(list(labels), value)
+        return family
+
+
+class _HotCollector(Collector):
+    """The per-request metrics (requests, latencies, predictions, batch sizes), rendered at scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        m = self.metrics
+        yield m.requests.family("modelport_http_requests_total", "HTTP requests", ["route", "method", "status"])
+        yield m.latency.family("modelport_http_request_duration_seconds", "HTTP request latency", ["route", "method"])
+        yield m.predictions.family(
+            "modelport_predictions_total", "Predictions answered", ["model", "version", "outcome"]
         )
-        self.latency = Histogram(
-            "modelport_http_request_duration_seconds",
-            "HTTP request latency",
-            ["route", "method"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.predictions = Counter(
-            "modelport_predictions_total",
-            "Predictions answered",
-            ["model", "version", "outcome"],
-            registry=self.registry,
-        )
-        self.prediction_latency = Histogram(
+        yield m.prediction_latency.family(
             "modelport_prediction_duration_seconds",
             "Prediction latency (resolve, preprocess, queue, model, decode)",
             ["model", "version"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
         )
-        self.batch_size = Histogram(
-            "modelport_batch_size",
-            "Examples per model call (after dynamic batching)",
-            ["model", "version"],
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
+        yield m.batch_size.family(
+            "modelport_batch_size", "Examples per model call (after dynamic batching)", ["model", "version"]
         )
 
+
+class Metrics:
+    def __init__(self) -> None:
+        self.requests = _Counts()
+        self.latency = _Histograms(LATENCY_BUCKETS)
+        self.predictions = _Counts()
+        self.prediction_latency = _Histograms(LATENCY_BUCKETS)
+        self.batch_size = _Histograms(BATCH_BUCKETS)
+        self._labels: dict[tuple[str, int | None], str] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_HotCollector(self))
         self.shadow = Counter(
             "modelport_shadow_total",
             "Shadow predictions compared with the answer returned",
@@ -97,46 +144,25 @@ class Metrics:
             self.shadow_diff.labels(model, str(version)).observe(diff)
 
     def forget_children(self) -> None:
-        self._request_children.clear()
-        self._prediction_children.clear()
-        self._batch_children.clear()
+        """Drop every per-request series (tests; a process that has seen too many label sets)."""
+        for table in (self.requests, self.latency, self.predictions, self.prediction_latency, self.batch_size):
+            table.series.clear()
 
     def watch_runtime(self, runtime: ModelRuntime) -> None:
         self.registry.register(_RuntimeCollector(runtime))
 
-    # prometheus_client's labels() costs ~3 us a call (validation, tuple building, a lock): on a hot path
-    # that answers in ~100 us that is measurable, so the labelled children are looked up once and kept.
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, status)
-        children = self._request_children.get(key)
-        if children is None:
-            children = (self.requests.labels(route, method, str(status)), self.latency.labels(route, method))
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self.requests.inc((route, method, _STATUS.get(status) or str(status)))
+        self.latency.observe((route, method), seconds)
 
     def observe_prediction(self, model: str, version: int | None, seconds: float, *, ok: bool) -> None:
-        key = (model, version, ok)
-        children = self._prediction_children.get(key)
-        if children is None:
-            label = "-" if version is None else str(version)
-            children = (
-                self.predictions.labels(model, label, "ok" if ok else "error"),
-                self.prediction_latency.labels(model, label),
-            )
-            if len(self._prediction_children) > 100_000:
-                self._prediction_children.clear()
-            self._prediction_children[key] = children
-        children[0].inc()
+        label = "-" if version is None else str(version)
+        self.predictions.inc((model, label, "ok" if ok else "error"))
         if ok:
-            children[1].observe(seconds)
+            self.prediction_latency.observe((model, label), seconds)
 
     def observe_batch(self, model: str, version: int, rows: int) -> None:
-        key = (model, version)
-        child = self._batch_children.get(key)
-        if child is None:
-            child = self._batch_children[key] = self.batch_size.labels(model, str(version))
-        child.observe(rows)
+        self.batch_size.observe((model, str(version)), rows)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

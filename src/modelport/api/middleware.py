@@ -120,6 +120,17 @@ class _Exchange:
             message["headers"] = headers
         await self.send_raw(message)
 
+    async def send_ok(self, body: bytes, media_type: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """A 200 with ``body``, written straight to the server (the inference fast path's answer)."""
+        self.status = 200
+        self.started = True
+        start = [(b"content-type", media_type), (b"content-length", b"%d" % len(body)), *headers]
+        start.append((b"x-request-id", self.request_id.encode()))
+        if self.extra:
+            start += self.extra
+        await self.send_raw({"type": "http.response.start", "status": 200, "headers": start})
+        await self.send_raw({"type": "http.response.body", "body": body})
+
     async def _instead(self, message: Message) -> None:
         if self.replaced:
             return  # the route's own answer to the error, after ours went out
@@ -199,10 +210,10 @@ class EdgeMiddleware:
         fast_template = fastpath.match(method, path) if self.fast is not None else None
         if has_body:
             body = Body(self.bodies, receive, self.limits[kind], ex.refused, self.depths[kind])
-            await self._dispatch(ex, body, fast_template)
+            await self._dispatch(ex, body, fast_template, headers)
             body.close()  # a route that answered without reading all of it
         else:
-            await self._dispatch(ex, receive, fast_template)
+            await self._dispatch(ex, receive, fast_template, headers)
         if ex.status == 403 and not ex.replaced:
             await self._audit_denial(scope, headers, fast_template)
         self._finish(scope, method, ex.status, started, request_id, fast_template)
@@ -246,10 +257,16 @@ class EdgeMiddleware:
                 return error_response(415, exc.code, exc.message, exc.details)
         return None
 
-    async def _dispatch(self, ex: _Exchange, receive: Receive, fast_template: str | None) -> None:
+    async def _dispatch(
+        self, ex: _Exchange, receive: Receive, fast_template: str | None, headers: dict[bytes, bytes]
+    ) -> None:
         try:
             if fast_template is not None and self.fast is not None:
-                await self.fast(ex.scope, receive, ex.send)
+                reply = await self.fast.respond(ex.scope, receive, headers)
+                if isinstance(reply, Response):
+                    await ex.answer(reply)  # (a refusal raised while reading the body answers instead)
+                else:
+                    await ex.send_ok(reply.body, reply.media_type, reply.headers)
             else:
                 await self.app(ex.scope, receive, ex.send)
         except Exception as exc:  # noqa: BLE001 - the last line of defence: no trace leaves the server

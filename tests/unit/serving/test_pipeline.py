@@ -111,3 +111,37 @@ def test_nan_in_outputs_becomes_null_in_json() -> None:
     p = make([], [])
     outputs, _ = p.decode({"y": np.array([[np.nan, 1.0, np.inf]], dtype=np.float32)}, single=True)
     assert orjson.loads(orjson.dumps(outputs, option=orjson.OPT_SERIALIZE_NUMPY)) == [None, 1.0, None]
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [[0.1, 0.2, 0.3, 0.4]],
+        [[1, 2, 3, 4], [5.5, 6, 7, 8]],
+        [[True, 0, 1e-45, -3.4e38]],
+        [[0.5, "2", 3, 4]],  # numbers in strings after a number convert on both paths alike
+    ],
+)
+def test_fast_lane_gives_the_general_paths_arrays(rows: list[list[object]]) -> None:
+    """A (N, 4) float model takes JSON rows through its fast lane; a model with a free width takes the
+    general path. Both must make the very same float32 arrays."""
+    fast, general = make([], []), make([], [], in_shape=[-1, -1])
+    got, single = fast.prepare(rows, max_batch=10)
+    want, _ = general.prepare(rows, max_batch=10)
+    assert not single and got["x"].dtype == np.float32
+    np.testing.assert_array_equal(got["x"], want["x"])
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ([0.1, 0.2, float("nan"), 0.4], "NaN or Infinity"),
+        ([0.1, 0.2, 1e39, 0.4], "NaN or Infinity"),  # finite as JSON, infinite as float32
+        ([0.1, None, 0.3, 0.4], "NaN or Infinity"),
+        ([0.1, "x", 0.3, 0.4], "must hold numbers"),
+        ([0.1, [0.2], 0.3, 0.4], "rectangular"),
+    ],
+)
+def test_fast_lane_leaves_bad_rows_to_the_general_paths_message(row: list[object], message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        make([], []).prepare([row], max_batch=10)
