@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
+from sqlalchemy.exc import SQLAlchemyError
 
 from modelport.config import Settings
 from modelport.errors import ModelportError
@@ -119,7 +120,10 @@ def receive(services: LocalServices, raw: bytes) -> bytes | Outcome | None:
     """Handle one message of the job: the answer to send back, the job's Outcome, or None (an event)."""
     message = parse(raw)
     if "event" in message:
-        services.report(message["event"])
+        try:
+            services.report(message["event"])
+        except SQLAlchemyError as exc:  # a database hiccup: this event is lost, the job goes on
+            log.warning("job %s: an event could not be stored (%s)", services.job.id, type(exc).__name__)
         return None
     if "outcome" in message:
         return outcome_of(message["outcome"])
