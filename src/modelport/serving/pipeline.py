@@ -53,10 +53,15 @@ class Pipeline:
     # -- inputs ---------------------------------------------------------------------------------
     def prepare(self, inputs: Any, *, max_batch: int) -> tuple[Tensors, bool]:
         """Named, preprocessed, type-checked batch arrays, and whether the caller sent one example."""
-        if self._flat is not None and type(inputs) is list:
-            fast = self._prepare_flat(self._flat, inputs, max_batch)
-            if fast is not None:
-                return fast
+        if self._flat is not None:
+            if type(inputs) is list:
+                fast = self._prepare_flat(self._flat, inputs, max_batch)
+                if fast is not None:
+                    return fast
+            elif type(inputs) is np.ndarray:
+                fast = self._prepare_flat_array(self._flat, inputs, max_batch)
+                if fast is not None:
+                    return fast
         named = self._name_inputs(inputs)
         arrays: Tensors = {}
         single_flags = set()
@@ -97,6 +102,21 @@ class Pipeline:
         if not (arr.max() <= lane.limit and arr.min() >= -lane.limit):
             return None
         return {lane.name: arr.astype(lane.dtype)}, False
+
+    def _prepare_flat_array(self, lane: _FlatLane, arr: np.ndarray, max_batch: int) -> tuple[Tensors, bool] | None:
+        """The fast lane for a raw tensor: a (N, width) float array of the input's dtype (or any other
+        float, cast), with one range check; anything else takes the general path."""
+        if arr.ndim != 2 or arr.shape[1] != lane.width or not 0 < arr.shape[0] <= max_batch or arr.dtype.kind != "f":
+            return None
+        if arr.dtype.itemsize > lane.itemsize:  # float64 into float32: values past its range would overflow
+            if not (arr.max() <= lane.limit and arr.min() >= -lane.limit):
+                return None
+            arr = arr.astype(lane.dtype)
+        else:
+            arr = arr.astype(lane.dtype, copy=False)
+            if not (math.isfinite(arr.max()) and math.isfinite(arr.min())):  # a NaN anywhere is the max
+                return None
+        return {lane.name: arr}, False
 
     def _name_inputs(self, inputs: Any) -> dict[str, Any]:
         names = [s.name for s in self.inputs]
@@ -254,6 +274,7 @@ class _FlatLane:
     name: str
     width: int
     dtype: Any
+    itemsize: int
     limit: float
     """The largest finite value of ``dtype``."""
 
@@ -267,7 +288,7 @@ def _flat_lane(inputs: list[TensorSpec], manifest: Manifest) -> _FlatLane | None
     if spec.dtype not in ("float32", "float64") or spec.shape is None or len(spec.shape) != 2 or spec.shape[1] < 1:
         return None
     dtype = NUMPY_DTYPES[spec.dtype]
-    return _FlatLane(spec.name, spec.shape[1], dtype, float(np.finfo(dtype).max))
+    return _FlatLane(spec.name, spec.shape[1], dtype, np.dtype(dtype).itemsize, float(np.finfo(dtype).max))
 
 
 def _list_to_array(spec: TensorSpec, value: list[Any]) -> np.ndarray:

@@ -145,3 +145,21 @@ def test_fast_lane_gives_the_general_paths_arrays(rows: list[list[object]]) -> N
 def test_fast_lane_leaves_bad_rows_to_the_general_paths_message(row: list[object], message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         make([], []).prepare([row], max_batch=10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_raw_tensors_take_the_fast_lane_with_the_same_checks(dtype: type) -> None:
+    fast, general = make([], []), make([], [], in_shape=[-1, -1])
+    arr = np.linspace(-2, 2, 12, dtype=dtype).reshape(3, 4)
+    got, single = fast.prepare(arr, max_batch=10)
+    want, _ = general.prepare(arr, max_batch=10)
+    assert not single and got["x"].dtype == np.float32
+    np.testing.assert_array_equal(got["x"], want["x"])
+    for bad in (np.nan, np.inf, -np.inf):
+        broken = arr.copy()
+        broken[1, 2] = bad
+        with pytest.raises(InvalidInput, match="NaN or Infinity"):
+            fast.prepare(broken, max_batch=10)
+    if dtype is np.float64:
+        with pytest.raises(InvalidInput, match="NaN or Infinity"):  # past float32's range
+            fast.prepare(np.full((1, 4), 1e39), max_batch=10)
