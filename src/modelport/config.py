@@ -136,11 +136,15 @@ class Settings(BaseSettings):
     """
 
     rate_limit_rps: float = Field(default=0.0, ge=0)
-    """Inference requests per second each API key may make (a key may carry its own); 0: no limit. Kept
-    per API process: with ``workers`` N a key may reach N times this in total. Over it: 429 + Retry-After."""
+    """Inference requests per second each API key may make (a key may carry its own); 0: no limit. Held
+    for the whole server, across ``workers`` processes too. Over it: 429 + Retry-After."""
 
     rate_limit_burst: int = Field(default=0, ge=0)
     """Inference requests a key may make at once before its rate applies; 0: one second's worth (at least 1)."""
+
+    rate_limit_table: Path | None = None
+    """Set by ``serve --workers`` for its API processes: the file (under ``<home>/run/``) holding the rate
+    buckets they share. Unset: the process keeps its own (a single API process)."""
 
     max_concurrent_jobs_per_principal: int = Field(default=0, ge=0)
     """Queued plus running jobs one principal may have (a sweep counts once; a key may carry its own

@@ -6,11 +6,14 @@ shared socket; the kernel spreads connections between them. Settings travel to t
 validated Settings JSON, not through environment variables. A stop signal to the parent is passed to
 every child, each of which drains its requests in flight (uvicorn's graceful shutdown), then the parent
 exits 0. Caches are per process and live one second, so a revoked key or a moved alias is seen by every
-process within a second.
+process within a second. Rate limits hold for the server as a whole: the parent creates the table of
+rate buckets under ``<home>/run/`` that every child maps (``auth/rate_limit.py``), and removes it at
+the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import signal
 import socket
@@ -19,6 +22,8 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import typer
+
+from modelport.auth.rate_limit import create_table
 
 if TYPE_CHECKING:
     from modelport.config import Settings
@@ -50,10 +55,11 @@ def run(settings: Settings, count: int) -> None:
     """Serve with ``count`` API processes until SIGTERM/SIGINT; every child drains before the exit."""
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
+    table = create_table(settings.home / "run" / f"rate-limits-{port}")  # a restart on the port replaces it
+    shared = settings.model_copy(update={"rate_limit_table": table}).model_dump_json()
     ctx = multiprocessing.get_context("spawn")
     children: list[BaseProcess] = [
-        ctx.Process(target=_child, args=(settings.model_dump_json(), sock), name=f"modelport-api-{i}")
-        for i in range(count)
+        ctx.Process(target=_child, args=(shared, sock), name=f"modelport-api-{i}") for i in range(count)
     ]
     for child in children:
         child.start()
@@ -86,3 +92,5 @@ def run(settings: Settings, count: int) -> None:
             if child.is_alive():
                 child.kill()
         sock.close()
+        with contextlib.suppress(OSError):
+            table.unlink()
