@@ -187,8 +187,9 @@ def apply(policy: Policy) -> Applied:
         ("Landlock", lambda: _landlock(libc, abi, policy)),
         ("seccomp", lambda: _seccomp(libc, tcp=policy.parallel)),
     ]
-    if not abi:
-        _degrade(policy, warnings, why)
+    if not abi:  # the worker has warned of it once (check); required has failed the job there already
+        if policy.mode == "required":
+            raise SandboxError(f"the job sandbox is required but {why}")
         steps.pop(2)
     elif policy.parallel and abi < 4:
         _degrade(policy, warnings, f"Landlock ABI {abi} has no TCP rules: this parallel job may reach any port")
