@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import sqlite3
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,8 @@ class EscapeProbe(nn.Linear):
 
 class PipeAbuse(nn.Linear):
     """Sends ``how`` on the services channel: a pickle that would create ``marker`` if unpickled, bytes
-    that are not JSON, or a request naming another owner; then waits for an answer that never comes."""
+    that are not JSON, a request naming another owner, half a message, or requests whose answers it
+    never reads; then waits for an answer that never comes."""
 
     def __init__(self, how: str, marker: str) -> None:
         services = _services()
@@ -105,9 +107,14 @@ class PipeAbuse(nn.Linear):
                 conn.send(_Planter(marker))  # Connection.send pickles it
             elif how == "not-json":
                 conn.send_bytes(b'{"call": "register", "args": {"bundle": ')
-            else:
+            elif how == "another-owner":
                 args = {"alias": "prod", "version": 1, "owner": "admin"}
                 conn.send_bytes(json.dumps({"call": "set_alias", "args": args}).encode())
+            elif how == "half-a-message":
+                os.write(conn.fileno(), struct.pack("!i", 1000) + b'{"event": ')
+            else:
+                while True:
+                    conn.send_bytes(json.dumps({"call": "resolve", "args": {"ref": "not a ref!"}}).encode())
             conn.recv_bytes()
         super().__init__(64, 10)
 

@@ -4,8 +4,9 @@ Through the real worker and real job processes: a ``model.python`` network that,
 tries to read the master key, open the SQLite file, list the blobs, write in the home, reach PostgreSQL,
 read the worker's environment and the fork server's memory, signal the worker and connect to the fork
 server's socket; every attempt fails while the training succeeds. A job that sends the worker a pickle,
-bytes that are not JSON, or a request naming another owner is failed, nothing is unpickled, and the
-worker runs the next job. And the worker's checks of the requests themselves, one by one.
+bytes that are not JSON, a request naming another owner or half a message, or that never reads its
+answers, is failed, nothing is unpickled, and the worker runs the next job. And the worker's checks of
+the requests themselves, one by one.
 """
 
 from __future__ import annotations
@@ -101,10 +102,16 @@ async def test_a_job_reaches_no_secret_and_no_other_tenant_yet_trains(
         assert record["signal the worker"].startswith("refused")
 
 
-@pytest.mark.parametrize("how", ["pickle", "not-json", "another-owner"])
+@pytest.mark.parametrize("how", ["pickle", "not-json", "another-owner", "half-a-message", "unread-answers"])
 async def test_a_job_abusing_the_services_channel_is_failed_and_the_worker_goes_on(
-    client: httpx.AsyncClient, app: FastAPI, settings: Settings, tmp_path: Path, how: str
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    settings: Settings,
+    tmp_path: Path,
+    how: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(process, "IO_TIMEOUT_S", 2.0)  # how long a half message or an unread answer may wait
     marker = tmp_path / "unpickled"
     worker = Worker(settings)
     try:

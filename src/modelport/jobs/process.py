@@ -13,7 +13,8 @@ in milliseconds, and whatever it allocated goes back to the system when it ends:
                  ──────────────── JSON ────────────>  {"ok": ...} | {"error": ...}
     lease says stop ──────── b"stop" ─────────────>   env.should_stop() turns true: checkpoint, JobStopped
     past job_timeout_s: SIGKILL the group             the worker is gone (pipe closed): SIGKILL its own group
-    bad message (pickle, not JSON): SIGKILL, fail
+    bad message (pickle, not JSON, half of one,
+    answers left unread): SIGKILL, fail
     <──────────────────── JSON outcome ─────────────  succeeded + result | stopped | failed + message
     finish / release, fenced by the lease
 
@@ -32,6 +33,8 @@ import multiprocessing
 import os
 import resource
 import signal
+import socket
+import struct
 import tempfile
 import threading
 import time
@@ -72,6 +75,8 @@ PRELOAD = [
 """Imported once by the fork server, so a job process starts with them loaded (a tiny training run then
 takes 0.1 s instead of 5 s of imports)."""
 POLL_S = 0.1
+IO_TIMEOUT_S = 10.0
+"""Longest the worker waits for the rest of a message the job began, or for room to send an answer."""
 _OOM_TEXT = ("can't allocate memory", "cannot allocate memory", "not enough memory", "std::bad_alloc")
 _forkserver_lock = threading.Lock()
 
@@ -183,6 +188,7 @@ class JobProcess:
         ctx = start_forkserver()
         control_r, self._control = ctx.Pipe(duplex=False)  # worker -> job: b"stop"
         self._channel, channel_child = ctx.Pipe(duplex=True)  # JSON both ways (rpc.py)
+        _bound_io(self._channel)
         self.proc = ctx.Process(
             target=_job_main,
             args=(job_settings(settings), job, self.limit, control_r, channel_child, policy),
@@ -223,11 +229,8 @@ class JobProcess:
         except EOFError:  # the process ended without a word
             self.proc.join()
             return Outcome("failed", error=self._death())
-        except OSError:  # longer than allowed (or the pipe broke as the process died)
-            self.proc.join(timeout=0.5)
-            if self.proc.exitcode is not None:
-                return Outcome("failed", error=self._death())
-            return self._violation(f"a message over {rpc.MAX_MESSAGE_BYTES} bytes")
+        except OSError:  # too long, cut short (IO_TIMEOUT_S), or the pipe broke as the process died
+            return self._broken(f"a message over {rpc.MAX_MESSAGE_BYTES} bytes, or one it did not finish")
         try:
             answer = rpc.receive(self.services, raw)
         except ProtocolError as exc:
@@ -238,9 +241,17 @@ class JobProcess:
                 self.kill()
             return answer
         if answer is not None:
-            with contextlib.suppress(OSError):  # it died meanwhile: the next poll reads the end
+            try:
                 self._channel.send_bytes(answer)
+            except OSError:  # died meanwhile, or stopped reading its answers (IO_TIMEOUT_S)
+                return self._broken("it does not read the answers")
         return None
+
+    def _broken(self, why: str) -> Outcome:
+        self.proc.join(timeout=0.5)
+        if self.proc.exitcode is not None:
+            return Outcome("failed", error=self._death())
+        return self._violation(why)
 
     def _violation(self, why: str) -> Outcome:
         log.warning("job %s: its process broke the services protocol (%s); killed", self.services.job.id, why)
@@ -276,6 +287,15 @@ class JobProcess:
         self._channel.close()
         if self.proc.exitcode is not None:
             self.proc.close()
+
+
+def _bound_io(conn: Connection) -> None:
+    """A read or write on the worker's end of the channel waits at most IO_TIMEOUT_S (it is a socket
+    pair): a job that sends half a message, or never reads its answers, cannot hang its worker."""
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        timeval = struct.pack("ll", int(IO_TIMEOUT_S), int(IO_TIMEOUT_S % 1 * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
 # -- the job's side -----------------------------------------------------------------------------------
