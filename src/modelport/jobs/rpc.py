@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from sqlalchemy.exc import SQLAlchemyError
@@ -32,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from modelport.config import Settings
 from modelport.errors import ModelportError
 from modelport.jobs.events import clean_payload
-from modelport.jobs.services import LocalServices, Registration, TrialInfo, VersionInfo
+from modelport.jobs.services import JobServices, LocalServices, Registration, TrialInfo, VersionInfo
 
 log = logging.getLogger("modelport.worker")
 
@@ -271,3 +271,9 @@ class ServicesClient:
 
     def remove_trial_folders(self) -> None:
         self._call("remove_trial_folders")
+
+
+if TYPE_CHECKING:  # both sides keep to the one contract: mypy checks them against JobServices
+
+    def _contract(local: LocalServices, remote: ServicesClient) -> list[JobServices]:
+        return [local, remote]
