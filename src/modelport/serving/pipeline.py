@@ -98,8 +98,7 @@ class Pipeline:
                     return None
         except (ValueError, TypeError, OverflowError):
             return None
-        # NaN fails both comparisons; past float32's range would turn into Infinity in the cast
-        if not (arr.max() <= lane.limit and arr.min() >= -lane.limit):
+        if not _in_range(arr, lane):
             return None
         return {lane.name: arr.astype(lane.dtype)}, False
 
@@ -108,15 +107,9 @@ class Pipeline:
         float, cast), with one range check; anything else takes the general path."""
         if arr.ndim != 2 or arr.shape[1] != lane.width or not 0 < arr.shape[0] <= max_batch or arr.dtype.kind != "f":
             return None
-        if arr.dtype.itemsize > lane.itemsize:  # float64 into float32: values past its range would overflow
-            if not (arr.max() <= lane.limit and arr.min() >= -lane.limit):
-                return None
-            arr = arr.astype(lane.dtype)
-        else:
-            arr = arr.astype(lane.dtype, copy=False)
-            if not (math.isfinite(arr.max()) and math.isfinite(arr.min())):  # a NaN anywhere is the max
-                return None
-        return {lane.name: arr}, False
+        if not _in_range(arr, lane):
+            return None
+        return {lane.name: arr.astype(lane.dtype, copy=False)}, False
 
     def _name_inputs(self, inputs: Any) -> dict[str, Any]:
         names = [s.name for s in self.inputs]
@@ -274,9 +267,8 @@ class _FlatLane:
     name: str
     width: int
     dtype: Any
-    itemsize: int
-    limit: float
-    """The largest finite value of ``dtype``."""
+    square_limit: float
+    """The square of the largest finite value of ``dtype`` (Infinity for float64)."""
 
 
 def _flat_lane(inputs: list[TensorSpec], manifest: Manifest) -> _FlatLane | None:
@@ -288,7 +280,18 @@ def _flat_lane(inputs: list[TensorSpec], manifest: Manifest) -> _FlatLane | None
     if spec.dtype not in ("float32", "float64") or spec.shape is None or len(spec.shape) != 2 or spec.shape[1] < 1:
         return None
     dtype = NUMPY_DTYPES[spec.dtype]
-    return _FlatLane(spec.name, spec.shape[1], dtype, np.dtype(dtype).itemsize, float(np.finfo(dtype).max))
+    largest = float(np.finfo(dtype).max)
+    return _FlatLane(spec.name, spec.shape[1], dtype, largest * largest if largest < 1e154 else math.inf)
+
+
+def _in_range(arr: np.ndarray, lane: _FlatLane) -> bool:
+    """True when every value is finite and fits ``lane``'s dtype, by one dot product (BLAS, a third of
+    a min and a max): the sum of squares is NaN or Infinity with any NaN or Infinity among the values,
+    and below ``limit**2`` only if each value is within ``limit``. False may also mean "too close to
+    tell" (huge but valid values, or a sum of squares past the array's own dtype); the general path
+    then decides, exactly."""
+    flat = arr.reshape(-1)
+    return float(flat @ flat) < lane.square_limit
 
 
 def _list_to_array(spec: TensorSpec, value: list[Any]) -> np.ndarray:
