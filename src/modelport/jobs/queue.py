@@ -25,9 +25,9 @@ from sqlalchemy.orm import Session
 
 from modelport.auth.principals import Principal
 from modelport.config import Settings
-from modelport.errors import BadRequest, JobFinished, JobNotFound, TooManyRequests
+from modelport.errors import JobFinished, JobNotFound, TooManyRequests
 from modelport.jobs import events, kinds
-from modelport.jobs.tables import JOB_STATUSES, TERMINAL, Job
+from modelport.jobs.tables import TERMINAL, Job
 from modelport.registry import acl, audit
 from modelport.registry.db import Database
 from modelport.registry.tables import utcnow
@@ -201,34 +201,6 @@ def get_job(db: Database, principal: Principal, job_id: str) -> JobView:
 def status_of(db: Database, job_id: str) -> str:
     with db.read() as s:
         return str(s.scalar(select(Job.status).where(Job.id == job_id)))
-
-
-def list_jobs(
-    db: Database,
-    principal: Principal,
-    *,
-    status: str | None = None,
-    kind: str | None = None,
-    parent: str | None = None,
-    limit: int = 50,
-    offset: int = 0,
-) -> tuple[list[JobView], int]:
-    """The caller's jobs (an admin's: everyone's), newest first; returns (page, total matching)."""
-    if status is not None and status not in JOB_STATUSES:
-        raise BadRequest(message=f"status must be one of {', '.join(JOB_STATUSES)}")
-    with db.read() as s:
-        q = select(Job)
-        if not principal.is_admin:
-            q = q.where(Job.owner == principal.name)
-        if status:
-            q = q.where(Job.status == status)
-        if kind:
-            q = q.where(Job.kind == kind)
-        if parent:
-            q = q.where(Job.parent_id == canonical_id(parent))
-        total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
-        rows = s.scalars(q.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset))
-        return [view(j) for j in rows], int(total)
 
 
 def read_log(db: Database, principal: Principal, job_id: str, *, tail: int | None = None) -> str:
