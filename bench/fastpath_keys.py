@@ -43,6 +43,18 @@ def _model(folder: Path) -> Path:
     return path
 
 
+async def serve_mlp(c: httpx.AsyncClient, folder: Path) -> str:
+    """Through an admin client: model ``mlp`` version 1 (the RSW-1 network, written to ``folder``) and a
+    member key ``bench`` that reads it through a permission; returns that key."""
+    await c.post("/v1/models", json={"name": "mlp"})
+    files = [("file", ("mlp.onnx", _model(folder).read_bytes(), "application/octet-stream"))]
+    r = await c.post("/v1/models/mlp/versions", files=files)
+    assert r.status_code == 201, r.text
+    member: str = (await c.post("/v1/keys", json={"name": "bench"})).json()["key"]
+    await c.put("/v1/models/mlp/permissions/bench", json={"role": "reader"})
+    return member
+
+
 async def _rate(c: httpx.AsyncClient, key: str, n: int) -> float:
     body = json.dumps({"inputs": [0.5] * 784}).encode()
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
@@ -58,17 +70,11 @@ async def _rate(c: httpx.AsyncClient, key: str, n: int) -> float:
 async def main(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        model = _model(home)
         app = create_app(Settings(home=home / "home", admin_key=ADMIN))
         transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
         auth = {"Authorization": f"Bearer {ADMIN}"}
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", headers=auth) as c:
-            await c.post("/v1/models", json={"name": "mlp"})
-            files = [("file", ("mlp.onnx", model.read_bytes(), "application/octet-stream"))]
-            r = await c.post("/v1/models/mlp/versions", files=files)
-            assert r.status_code == 201, r.text
-            member = (await c.post("/v1/keys", json={"name": "bench"})).json()["key"]
-            await c.put("/v1/models/mlp/permissions/bench", json={"role": "reader"})
+            member = await serve_mlp(c, home)
             rows = [("admin key", await _rate(c, ADMIN, n)), ("member key", await _rate(c, member, n))]
             limited = await c.post("/v1/keys", json={"name": "bench", "rate_limit_rps": 1e9})
             if limited.status_code == 201:

@@ -22,15 +22,18 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fastpath_keys import ADMIN, _model
+from fastpath_keys import ADMIN, serve_mlp
 
 from modelport.api.app import create_app
 from modelport.config import Settings
 
+FLOORS = Path(__file__).resolve().parents[3] / "shared" / "bench" / "serving" / "servers"
+"""The shared harness's floor apps (``../shared`` beside the checkout)."""
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
@@ -75,7 +78,7 @@ async def _per_request_us(app: App, path: str, headers: list[tuple[bytes, bytes]
 
 
 async def main(n: int, profile: bool) -> None:
-    sys.path.insert(0, "/work/shared/bench/serving/servers")
+    sys.path.insert(0, str(FLOORS))
     from floor_orjson_app import app as floor  # the shared harness's orjson floor
 
     rng = np.random.default_rng(0)
@@ -86,16 +89,10 @@ async def main(n: int, profile: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         app = create_app(Settings(home=home / "home", admin_key=ADMIN))
-        import httpx
-
         transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
         auth = {"Authorization": f"Bearer {ADMIN}"}
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", headers=auth) as c:
-            await c.post("/v1/models", json={"name": "mlp"})
-            files = [("file", ("mlp.onnx", _model(home).read_bytes(), "application/octet-stream"))]
-            assert (await c.post("/v1/models/mlp/versions", files=files)).status_code == 201
-            member = (await c.post("/v1/keys", json={"name": "bench"})).json()["key"]
-            await c.put("/v1/models/mlp/permissions/bench", json={"role": "reader"})
+            member = await serve_mlp(c, home)
         key = [(b"authorization", f"Bearer {member}".encode())]
         jh = [*key, (b"content-type", b"application/json")]
         rh = [*key, (b"content-type", b"application/octet-stream"), (b"x-tensor-shape", b"32,784")]

@@ -79,7 +79,7 @@ def prepare(work: Path) -> str:
     import asyncio
 
     import httpx
-    from fastpath_keys import ADMIN, _model
+    from fastpath_keys import ADMIN, serve_mlp
 
     from modelport.api.app import create_app
     from modelport.config import Settings
@@ -89,11 +89,7 @@ def prepare(work: Path) -> str:
         transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
         auth = {"Authorization": f"Bearer {ADMIN}"}
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", headers=auth) as c:
-            await c.post("/v1/models", json={"name": "mlp"})
-            files = [("file", ("mlp.onnx", _model(work).read_bytes(), "application/octet-stream"))]
-            (await c.post("/v1/models/mlp/versions", files=files)).raise_for_status()
-            member: str = (await c.post("/v1/keys", json={"name": "bench"})).json()["key"]
-            await c.put("/v1/models/mlp/permissions/bench", json={"role": "reader"})
+            member = await serve_mlp(c, work)
         app.state.ctx.runtime.close()
         app.state.ctx.db.dispose()
         return member
@@ -131,7 +127,7 @@ def cpu_s(pid: int) -> float:
 def measure(
     cmd: list[str], port: int, path: str, cells: list[str], work: Path, seconds: int, env: dict[str, str], key: str
 ) -> dict[str, dict[str, float]]:
-    proc = subprocess.Popen(["taskset", "-c", "0", *cmd], env=env, cwd=env.get("CWD"), stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(["taskset", "-c", "0", *cmd], env=env, stdout=subprocess.DEVNULL)
     try:
         wait_port(port, proc)
         url = f"http://127.0.0.1:{port}{path}"
