@@ -143,11 +143,6 @@ class Metrics:
         if diff == diff and diff != float("inf"):  # not NaN, not inf
             self.shadow_diff.labels(model, str(version)).observe(diff)
 
-    def forget_children(self) -> None:
-        """Drop every per-request series (tests; a process that has seen too many label sets)."""
-        for table in (self.requests, self.latency, self.predictions, self.prediction_latency, self.batch_size):
-            table.series.clear()
-
     def watch_runtime(self, runtime: ModelRuntime) -> None:
         self.registry.register(_RuntimeCollector(runtime))
 

@@ -113,21 +113,21 @@ class _Exchange:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             self.started = True
-            headers = list(message.get("headers", []))
-            headers.append((b"x-request-id", self.request_id.encode()))
-            if self.extra:
-                headers += self.extra
-            message["headers"] = headers
+            message["headers"] = self._stamped(list(message.get("headers", [])))
         await self.send_raw(message)
+
+    def _stamped(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """``headers`` with what the edge adds to every answer: the request id, and CORS headers."""
+        headers.append((b"x-request-id", self.request_id.encode()))
+        if self.extra:
+            headers += self.extra
+        return headers
 
     async def send_ok(self, body: bytes, media_type: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         """A 200 with ``body``, written straight to the server (the inference fast path's answer)."""
         self.status = 200
         self.started = True
-        start = [(b"content-type", media_type), (b"content-length", b"%d" % len(body)), *headers]
-        start.append((b"x-request-id", self.request_id.encode()))
-        if self.extra:
-            start += self.extra
+        start = self._stamped([(b"content-type", media_type), (b"content-length", b"%d" % len(body)), *headers])
         await self.send_raw({"type": "http.response.start", "status": 200, "headers": start})
         await self.send_raw({"type": "http.response.body", "body": body})
 
