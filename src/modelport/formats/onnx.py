@@ -139,10 +139,9 @@ class OnnxPredictor:
         # onnxruntime's Python ``run`` re-validates the feed on every call (~3 us); the feed built below
         # always holds exactly the graph's inputs, so the checked call goes straight to the C++ session.
         self._run = getattr(session, "_sess", session).run
+        """The session's run; ``unload`` swaps in one that raises (and so lets the session go)."""
 
     def __call__(self, inputs: Tensors) -> Tensors:
-        if self._session is None:
-            raise RuntimeError("predictor was unloaded")
         missing = [n for n in self._input_names if n not in inputs]
         if missing:
             raise InvalidInput(message=f"missing input(s) {missing}", details={"missing": missing})
