@@ -120,6 +120,7 @@ def test_nan_in_outputs_becomes_null_in_json() -> None:
         [[1, 2, 3, 4], [5.5, 6, 7, 8]],
         [[True, 0, 1e-45, -3.4e38]],
         [[0.5, "2", 3, 4]],  # numbers in strings after a number convert on both paths alike
+        [[0.5, 2**70, 3, 4], [1, 2, 3, 4]],  # an int past int64 is still a float64
     ],
 )
 def test_fast_lane_gives_the_general_paths_arrays(rows: list[list[object]]) -> None:
@@ -140,6 +141,7 @@ def test_fast_lane_gives_the_general_paths_arrays(rows: list[list[object]]) -> N
         ([0.1, None, 0.3, 0.4], "NaN or Infinity"),
         ([0.1, "x", 0.3, 0.4], "must hold numbers"),
         ([0.1, [0.2], 0.3, 0.4], "rectangular"),
+        ([0.1, 10**400, 0.3, 0.4], "must hold numbers"),  # past float64: struct refuses it, so does numpy
     ],
 )
 def test_fast_lane_leaves_bad_rows_to_the_general_paths_message(row: list[object], message: str) -> None:
