@@ -15,6 +15,7 @@ from modelport import __version__
 from modelport.api import errors
 from modelport.api.context import AppContext
 from modelport.api.fastpath import FastPath
+from modelport.api.lane import Lane
 from modelport.api.metrics import Metrics
 from modelport.api.middleware import EdgeMiddleware
 from modelport.api.routers import (
@@ -48,9 +49,12 @@ class ModelportApp:
     last-resort 500) in FRONT of the FastAPI app, so inference requests skip FastAPI's own per-request
     layers entirely. ``state`` and ``api`` give tests and tools the FastAPI side."""
 
-    def __init__(self, api: FastAPI, edge: EdgeMiddleware) -> None:
+    def __init__(self, api: FastAPI, edge: EdgeMiddleware, lane: Lane | None = None) -> None:
         self.api = api
         self.edge = edge
+        self.lane = lane
+        """Inference requests answered at the HTTP protocol level, by ``modelport serve``'s server
+        (``cli/server.py``); None: all of them go through the ASGI app."""
 
     @property
     def state(self) -> State:
@@ -158,11 +162,6 @@ def create_app(settings: Settings) -> ModelportApp:
         datasets,
     ):
         app.include_router(module.router)
-    edge = EdgeMiddleware(
-        app,
-        ctx=ctx,
-        metrics=ctx.metrics,
-        access_log=settings.access_log,
-        fast=FastPath(ctx),
-    )
-    return ModelportApp(app, edge)
+    fast = FastPath(ctx)
+    edge = EdgeMiddleware(app, ctx=ctx, metrics=ctx.metrics, access_log=settings.access_log, fast=fast)
+    return ModelportApp(app, edge, Lane(edge, fast) if settings.inference_lane else None)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope
+from starlette.types import Message, Receive
 
 from modelport.api.context import AppContext
 from modelport.api.errors import error_response, status_of
@@ -80,16 +80,18 @@ class FastPath:
         authenticate = self.ctx.keys.authenticate
         return await self._keys.run(key, lambda: authenticate(key))
 
-    async def respond(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes]) -> Reply | Response:
-        """The answer to one inference request: a 200's body and headers, which the edge writes itself
-        (with the request id), or an error Response. ``headers`` is the edge's dict of the request's."""
+    async def respond(self, path: str, headers: dict[bytes, bytes], body: bytes | Receive) -> Reply | Response:
+        """The answer to one inference request: a 200's body and headers, which the caller writes itself
+        (with the request id), or an error Response. ``headers`` is a dict of the request's; ``body``
+        its bytes (the protocol lane has them all) or the ASGI receive to read it from, which happens
+        only after the key and the rate limit passed."""
         try:
             who = await self.principal(_text(headers.get(b"authorization")))
             rps = who.rate_limit_rps or self.limiter.default_rps
             if rps and who.rate_bucket is not None:  # off (the default): these two tests are all it costs
                 self.limiter.take(who.rate_bucket, rps)
-            body = await _read_body(receive)
-            path = scope["path"]
+            if not isinstance(body, bytes):
+                body = await _read_body(body)
             predict = PREDICT.match(path)
             if predict is not None:
                 result = await answer(

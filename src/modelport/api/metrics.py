@@ -112,6 +112,11 @@ class _HotCollector(Collector):
         yield m.batch_size.family(
             "modelport_batch_size", "Examples per model call (after dynamic batching)", ["model", "version"]
         )
+        lane = CounterMetricFamily(
+            "modelport_http_lane_requests", "Inference requests answered by the protocol lane (api/lane.py)"
+        )
+        lane.add_metric([], m.lane_requests)
+        yield lane
 
 
 class Metrics:
@@ -121,6 +126,7 @@ class Metrics:
         self.predictions = _Counts()
         self.prediction_latency = _Histograms(LATENCY_BUCKETS)
         self.batch_size = _Histograms(BATCH_BUCKETS)
+        self.lane_requests = 0
         self._labels: dict[tuple[str, int | None], str] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_HotCollector(self))

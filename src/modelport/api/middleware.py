@@ -18,6 +18,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Mapping
 from functools import partial
 
 import anyio.to_thread
@@ -49,6 +50,12 @@ log = logging.getLogger("modelport.access")
 _PREFIX = os.urandom(4).hex()
 _COUNTER = itertools.count()
 """Request ids: a random per-process prefix and a counter (unique, and cheaper than uuid4 per request)."""
+
+
+def new_request_id() -> str:
+    return f"{_PREFIX}{next(_COUNTER):08x}"
+
+
 errlog = logging.getLogger("modelport.api")
 
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
@@ -176,11 +183,16 @@ class EdgeMiddleware:
         """(Host, Content-Type, route kind, has a body) seen to pass the Host and media-type checks: a
         request like one before costs one set lookup (senders repeat the same few)."""
 
+    def passed(self, host: bytes | None, content_type: bytes | None, kind: RouteKind) -> bool:
+        """Whether a request with a body, this Host and this Content-Type, to a route of this kind, was
+        seen to pass the Host and media-type checks (the protocol lane takes only such requests)."""
+        return (host, content_type, kind, True) in self._passed
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = f"{_PREFIX}{next(_COUNTER):08x}"
+        request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         method, path = scope["method"], scope["path"]
         started = time.perf_counter()
@@ -203,7 +215,7 @@ class EdgeMiddleware:
                 if has_body:  # unread: closing beats reading (maybe gigabytes of) it only to drop it
                     refusal.headers["connection"] = "close"
                 await ex.answer(refusal)
-                self._finish(scope, method, ex.status, started, request_id)
+                self.finish(_template(scope, None), method, ex.status, started, request_id)
                 return
             if len(self._passed) < PASSED_MAX:
                 self._passed.add(seen)
@@ -214,9 +226,11 @@ class EdgeMiddleware:
             body.close()  # a route that answered without reading all of it
         else:
             await self._dispatch(ex, receive, fast_template, headers)
+        template = _template(scope, fast_template)
         if ex.status == 403 and not ex.replaced:
-            await self._audit_denial(scope, headers, fast_template)
-        self._finish(scope, method, ex.status, started, request_id, fast_template)
+            params = scope.get("path_params") or fast_params(path)
+            await self.audit_denial(method, template, params, headers, scope.get("client"), request_id)
+        self.finish(template, method, ex.status, started, request_id)
 
     def _admit(self, ex: _Exchange, method: str, path: str, headers: dict[bytes, bytes]) -> Response | None:
         """Host, draining and Origin: the answer that refuses the request, or None to go on."""
@@ -262,7 +276,7 @@ class EdgeMiddleware:
     ) -> None:
         try:
             if fast_template is not None and self.fast is not None:
-                reply = await self.fast.respond(ex.scope, receive, headers)
+                reply = await self.fast.respond(ex.scope["path"], headers, receive)
                 if isinstance(reply, Response):
                     await ex.answer(reply)  # (a refusal raised while reading the body answers instead)
                 else:
@@ -273,39 +287,54 @@ class EdgeMiddleware:
             if ex.refused and not ex.started:
                 await ex.answer_refusal()
                 return
-            errlog.error("request %s failed: internal error (%s)", ex.request_id, type(exc).__name__)
-            errlog.debug("request %s traceback", ex.request_id, exc_info=True)
             if not ex.started:
-                await ex.answer(error_response(500, "internal", "internal error", {"request_id": ex.request_id}))
+                await ex.answer(internal_error(ex.request_id, exc))
+            else:
+                internal_error(ex.request_id, exc)
 
-    async def _audit_denial(self, scope: Scope, headers: dict[bytes, bytes], fast_template: str | None) -> None:
+    async def audit_denial(
+        self,
+        method: str,
+        template: str,
+        params: Mapping[str, object],
+        headers: dict[bytes, bytes],
+        client: tuple[str, int] | None,
+        request_id: str,
+    ) -> None:
         """Append a ``denied`` audit row for a route's 403: who, what (method and route template), from where."""
-        route = fast_template or getattr(scope.get("route"), "path", None) or "unmatched"
-        params = scope.get("path_params") or _fast_params(scope["path"])
-        client = scope.get("client")
         record = partial(
             _record_denial,
             self.ctx,
             headers.get(b"authorization"),
-            scope["method"],
-            route,
+            method,
+            template,
             {k: str(v) for k, v in params.items()},
             client[0] if client else None,
         )
         try:
             await anyio.to_thread.run_sync(record)
         except Exception as exc:  # noqa: BLE001 - the answer is sent; a failed audit write is logged, not raised
-            errlog.error("request %s: could not audit a denial (%s)", scope["state"]["request_id"], type(exc).__name__)
+            errlog.error("request %s: could not audit a denial (%s)", request_id, type(exc).__name__)
 
-    def _finish(
-        self, scope: Scope, method: str, status: int, started: float, request_id: str, template: str | None = None
-    ) -> None:
+    def finish(self, template: str, method: str, status: int, started: float, request_id: str) -> None:
+        """Count the request in the metrics (and the access log, when on)."""
         elapsed = time.perf_counter() - started
-        if template is None:
-            template = getattr(scope.get("route"), "path", None) or "unmatched"
         self.metrics.observe_request(template, method, status, elapsed)
         if self.access_log:
             log.info("%s %s %s %d %.1fms", request_id, method, template, status, elapsed * 1000)
+
+
+def internal_error(request_id: str, exc: Exception) -> Response:
+    """The generic 500 for an unexpected exception; the log names only its type (tracebacks, which
+    carry server paths, are logged at debug level)."""
+    errlog.error("request %s failed: internal error (%s)", request_id, type(exc).__name__)
+    errlog.debug("request %s traceback", request_id, exc_info=exc)
+    return error_response(500, "internal", "internal error", {"request_id": request_id})
+
+
+def _template(scope: Scope, fast_template: str | None) -> str:
+    """The route template a request is counted under (its matched route; "unmatched" for none)."""
+    return fast_template or getattr(scope.get("route"), "path", None) or "unmatched"
 
 
 def _record_denial(
@@ -326,7 +355,7 @@ def _record_denial(
     audit.record_denial(ctx.db, actor=actor, method=method, route=route, params=params, client=client)
 
 
-def _fast_params(path: str) -> dict[str, str]:
+def fast_params(path: str) -> dict[str, str]:
     match = fastpath.PREDICT.match(path)
     if match is not None:
         return {"ref": match.group(1)}

@@ -8,24 +8,28 @@ the two cannot drift apart. What uvicorn does not do by itself, and this module 
   ``h11_max_incomplete_event_size`` to h11 only);
 - on the first stop signal, the app is told to drain: requests already admitted finish, new ones get
   503 (uvicorn stops accepting connections, and closes idle ones, at the same moment);
-- a response's headers and a small body leave in one write (``CorkedTransport``).
+- a response's headers and a small body leave in one write (``CorkedTransport``);
+- inference requests the app's lane claims (``api/lane.py``) are answered without an ASGI cycle: the
+  protocol collects the body (to a deadline of its own) and writes the lane's answer in one write.
 
-The body of a request has its own deadline in the app (``api/guards.py::BodyWatch``), which knows when
-the route is waiting for the client rather than busy, and covers any ASGI server.
+The body of a request the ASGI app reads has its own deadline in the app (``api/guards.py::BodyWatch``),
+which knows when the route is waiting for the client rather than busy, and covers any ASGI server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import typer
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 if TYPE_CHECKING:
+    from modelport.api.lane import Lane, LaneAnswer, LaneRequest
     from modelport.config import Settings
 
 CONTINUE = b"HTTP/1.1 100 "
@@ -35,29 +39,56 @@ COALESCE_BYTES = 64 * 1024
 STATUS_LINES = {408: b"HTTP/1.1 408 Request Timeout", 431: b"HTTP/1.1 431 Request Header Fields Too Large"}
 
 
-class HeaderDeadlines:
-    """Connections waiting for a request's headers, and since when: one timer per server checks them
-    all (a timer per request would cost ~2 µs on every request of every kept-alive connection)."""
+class Deadlines:
+    """Connections waiting on their client (for a request's headers, or the body of a request the lane
+    claimed), and until when: one timer per server checks them all (a timer per request would cost
+    ~2 µs on every request of every kept-alive connection)."""
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
+        """The time allowed for a request's line and headers."""
         self.tick_s = min(1.0, timeout_s / 4)
         self.waiting: dict[GuardedHttp, float] = {}
         self._timer: asyncio.TimerHandle | None = None
 
-    def start(self, conn: GuardedHttp) -> None:
-        self.waiting[conn] = conn.loop.time()
+    def start(self, conn: GuardedHttp, seconds: float | None = None) -> None:
+        """Give ``conn`` ``seconds`` from now (default: the headers' time) for what it must send next."""
+        self.waiting[conn] = conn.loop.time() + (self.timeout_s if seconds is None else seconds)
         if self._timer is None:
             self._timer = conn.loop.call_later(self.tick_s, self._tick, conn.loop)
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
-        too_old = loop.time() - self.timeout_s
-        for conn, since in list(self.waiting.items()):
-            if since <= too_old:
-                conn.headers_too_slow()
+        now = loop.time()
+        for conn, deadline in list(self.waiting.items()):
+            if deadline <= now:
+                conn.too_slow()
         if self.waiting:
             self._timer = loop.call_later(self.tick_s, self._tick, loop)
+
+
+class _NoEvent:
+    def set(self) -> None:
+        """uvicorn wakes a cycle's reader on disconnect; a lane request has none."""
+
+
+class LaneExchange:
+    """A request the lane claimed, as uvicorn's protocol code sees a request's cycle: whether its answer
+    is complete, whether the client left, whether the connection stays open after it. While it is not
+    complete, uvicorn queues a pipelined next request behind it, as behind any cycle."""
+
+    __slots__ = ("chunks", "disconnected", "keep_alive", "message_event", "request", "response_complete")
+
+    def __init__(self, request: LaneRequest, keep_alive: bool) -> None:
+        self.request = request
+        self.keep_alive = keep_alive
+        self.chunks: list[bytes] = []
+        self.response_complete = False
+        self.disconnected = False
+        self.message_event = _NO_EVENT
+
+
+_NO_EVENT = _NoEvent()
 
 
 class CorkedTransport:
@@ -103,16 +134,21 @@ class CorkedTransport:
 
 
 class GuardedHttp(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline for request headers and a cap on their size."""
+    """uvicorn's httptools protocol with a deadline for request headers and a cap on their size, and
+    the inference lane."""
 
     max_header_bytes: ClassVar[int] = 32 * 1024
-    deadlines: ClassVar[HeaderDeadlines] = HeaderDeadlines(10.0)
+    deadlines: ClassVar[Deadlines] = Deadlines(10.0)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_bytes = 0
         self._awaiting_headers = True
         self._corked: CorkedTransport | None = None
+        # the app's lane; uvicorn wraps the app (and it has none) only with trace logging or proxy headers
+        self._lane: Lane | None = getattr(self.app, "lane", None)
+        self._reading: LaneExchange | None = None
+        """The lane request whose body is arriving."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
         super().connection_made(transport)
@@ -136,9 +172,70 @@ class GuardedHttp(HttpToolsProtocol):
         self.deadlines.waiting.pop(self, None)
         self._awaiting_headers = False
         self._header_bytes = 0
+        if self._lane is not None and (self.cycle is None or self.cycle.response_complete):
+            exchange = self._claim(self._lane)
+            if exchange is not None:
+                self.cycle = exchange  # type: ignore[assignment]  # what uvicorn reads of a cycle, see LaneExchange
+                self._reading = exchange
+                self.deadlines.start(self, self._lane.body_seconds(exchange.request))
+                return
         super().on_headers_complete()
         if self.cycle is not None and self._corked is not None:
             self.cycle.transport = self._corked  # type: ignore[assignment]  # write, close, is_closing
+
+    def _claim(self, lane: Lane) -> LaneExchange | None:
+        """The request as a lane exchange, when the lane takes it (not with Expect: 100-continue, whose
+        interim answer the ASGI cycle writes, nor HTTP/1.0 or an upgrade)."""
+        parser = self.parser
+        if self.expect_100_continue or parser.get_method() != b"POST" or parser.get_http_version() != "1.1":
+            return None
+        if parser.should_upgrade():
+            return None
+        request = lane.claim(self.url, self.headers)
+        return None if request is None else LaneExchange(request, parser.should_keep_alive())
+
+    def on_body(self, body: bytes) -> None:
+        if self._reading is not None:
+            self._reading.chunks.append(body)  # at most LANE_MAX_BODY in all: the lane claimed its length
+            return
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange = self._reading
+        if exchange is None:
+            super().on_message_complete()
+            return
+        self._reading = None
+        self.deadlines.waiting.pop(self, None)
+        chunks, exchange.chunks = exchange.chunks, []
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        assert self._lane is not None
+        task = self._lane.start(self.loop, exchange.request, body, self.client, partial(self._write_lane, exchange))
+        self.tasks.add(task)  # a graceful shutdown waits for these, as for uvicorn's own
+        task.add_done_callback(self.tasks.discard)
+
+    def _write_lane(self, exchange: LaneExchange, answer: LaneAnswer) -> None:
+        """Write a lane answer in one piece (the server's default headers first, as uvicorn does), close
+        the connection when the request or the answer asks, and start what is pipelined behind it."""
+        exchange.response_complete = True
+        if not exchange.disconnected and not self.transport.is_closing():
+            keep = exchange.keep_alive and not answer.close
+            lines = [STATUS_LINE[answer.status]]
+            # header values are the server's own (sizes, media types, ids, error codes), never the client's
+            lines += [b"%s: %s\r\n" % pair for pair in self.server_state.default_headers]
+            lines += [b"%s: %s\r\n" % pair for pair in answer.headers]
+            if not keep and not answer.close:
+                lines.append(b"connection: close\r\n")
+            lines.append(b"\r\n")
+            if len(answer.body) <= COALESCE_BYTES:
+                lines.append(answer.body)
+                self.transport.write(b"".join(lines))
+            else:
+                self.transport.write(b"".join(lines))
+                self.transport.write(answer.body)
+            if not keep:
+                self.transport.close()
+        self.on_response_complete()
 
     def on_response_complete(self) -> None:
         self._awaiting_headers = True
@@ -146,7 +243,14 @@ class GuardedHttp(HttpToolsProtocol):
             self._corked.release()
         super().on_response_complete()
 
-    def headers_too_slow(self) -> None:
+    def too_slow(self) -> None:
+        """Past the deadline of what this connection must send: a lane body, or a request's headers."""
+        exchange = self._reading
+        if exchange is not None and self._lane is not None:
+            self._reading = None
+            self.deadlines.waiting.pop(self, None)
+            self._write_lane(exchange, self._lane.too_slow(exchange.request))
+            return
         if self._header_bytes:
             self._refuse(408)
             return
@@ -168,7 +272,7 @@ def guarded_http(settings: Settings) -> type[GuardedHttp]:
     deadline watch of its own (one per server, so one event loop)."""
     limits = {
         "max_header_bytes": settings.max_header_bytes,
-        "deadlines": HeaderDeadlines(settings.request_header_timeout_s),
+        "deadlines": Deadlines(settings.request_header_timeout_s),
     }
     return type("GuardedHttp", (GuardedHttp,), limits)
 

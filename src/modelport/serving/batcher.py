@@ -12,6 +12,12 @@ version, so threads never oversubscribe the cores.
 
 A queue over ``queue_limit`` examples answers TooManyRequests (429 + Retry-After); a request that has
 not been answered within ``timeout_s`` gets Unavailable (503) and is dropped from the queue.
+
+A model cheap enough to run on the event loop (``inline_below_s``) is never "busy" from the loop's
+point of view: each request would run alone, one model call each, however many arrived together. So
+when others are on their way in the same turn of the loop (``Arrivals``, counted by the protocol lane),
+an idle batcher gathers: the requests of this turn queue up and one callback, next turn, runs them as
+one call (or as few as fit ``max_batch`` and the inline budget). One request alone still runs at once.
 """
 
 from __future__ import annotations
@@ -31,6 +37,17 @@ from modelport.formats.base import Tensors
 RunFn = Callable[[Tensors], Tensors]
 SAMPLE_EVERY = 16
 """Model calls per measurement of their cost (the estimate behind ``inline_below_s``)."""
+
+
+class Arrivals:
+    """How many requests are on their way to a batcher in this turn of the event loop: the protocol
+    lane counts one when it creates a request's task and uncounts it when the task starts (or ends
+    without starting). While it is above zero, an idle batcher gathers instead of running at once."""
+
+    __slots__ = ("coming",)
+
+    def __init__(self) -> None:
+        self.coming = 0
 
 
 def _rows(arrays: Tensors) -> int:
@@ -64,9 +81,13 @@ class Batcher:
         timeout_s: float = 30.0,
         on_batch: Callable[[int], None] | None = None,
         inline_below_s: float = 0.0,
+        arrivals: Arrivals | None = None,
     ) -> None:
         self.run = run
         self.inline_below_s = inline_below_s
+        self.arrivals = arrivals
+        self._gathering: asyncio.AbstractEventLoop | None = None
+        """The loop a gathered call will run on (next turn), while requests gather for it."""
         self._row_s: float | None = None
         self._calls = 0
         self.max_batch = max(1, max_batch)
@@ -89,7 +110,16 @@ class Batcher:
 
     async def __call__(self, arrays: Tensors) -> Tensors:
         rows = _rows(arrays)
+        if self._gathering is not None and self._inline_ok(rows):
+            return await self._join(self._gathering, arrays, rows)
         if not self._busy and not self._pending and self.max_wait_s == 0:
+            if self._inline_ok(rows):
+                if self.arrivals is not None and self.arrivals.coming:
+                    loop = self._gathering = asyncio.get_running_loop()
+                    self._busy = True
+                    loop.call_soon(self._flush)
+                    return await self._join(loop, arrays, rows)
+                return self._run_inline(arrays, rows)
             return await self._run_now(arrays, rows)
         if self._queued_rows + rows > self.queue_limit:
             raise TooManyRequests(
@@ -108,10 +138,61 @@ class Batcher:
             item.future.cancel()
             raise Unavailable(message=f"no answer within {self.timeout_s:g} s; the model is overloaded") from None
 
+    async def _join(self, loop: asyncio.AbstractEventLoop, arrays: Tensors, rows: int) -> Tensors:
+        """Queue for the gathered call, which runs next turn on the loop (so no timeout is needed)."""
+        if self._queued_rows + rows > self.queue_limit:
+            raise TooManyRequests(
+                message=f"this model has {self._queued_rows} examples queued (limit {self.queue_limit}); retry soon",
+                retry_after=1.0,
+            )
+        item = _Item(arrays, rows, loop.create_future())
+        self._pending.append(item)
+        self._queued_rows += rows
+        return await item.future
+
+    def _flush(self) -> None:
+        """The gathered call(s), on the event loop: what gathered, merged into calls that each stay
+        within ``inline_below_s`` (and ``max_batch``). A large request that queued meanwhile (too slow
+        for the loop alone) goes to the worker thread, with whatever is behind it."""
+        loop, self._gathering = self._gathering, None
+        handed_over = False
+        fits = self.max_batch
+        if self._row_s:
+            fits = max(1, min(fits, int(self.inline_below_s / self._row_s)))
+        try:
+            while self._pending:
+                batch = self._take(fits)
+                if not batch:
+                    continue
+                if len(batch) == 1 and loop is not None and not self._inline_ok(batch[0].rows):
+                    self._pending.appendleft(batch[0])
+                    self._queued_rows += batch[0].rows
+                    loop.create_task(self._drain())  # busy until the drain ends
+                    handed_over = True
+                    return
+                self._run_batch_inline(batch)
+        finally:
+            if not handed_over:
+                self._busy = False  # (anything left queued after an error starts the next drain)
+
+    def _inline_ok(self, rows: int) -> bool:
+        return self._row_s is not None and self._row_s * rows < self.inline_below_s
+
+    def _run_batch_inline(self, batch: list[_Item]) -> None:
+        try:
+            outputs = self._timed(_merged(batch))
+        except Exception as exc:  # noqa: BLE001 - isolate: one bad request must not fail its neighbours
+            if len(batch) == 1:
+                _settle(batch[0].future, exc=exc)
+            else:
+                for item in batch:
+                    self._run_batch_inline([item])
+            return
+        self._answer(batch, outputs)
+
     async def _run_now(self, arrays: Tensors, rows: int) -> Tensors:
-        """Idle fast path: call the model at once; then serve whatever queued meanwhile."""
-        if self._row_s is not None and self._row_s * rows < self.inline_below_s:
-            return self._run_inline(arrays, rows)
+        """Idle path for a model too slow to run on the loop: call it in a worker thread at once; then
+        serve whatever queued meanwhile."""
         self._busy = True
         try:
             result = await anyio.to_thread.run_sync(self._timed, arrays)
@@ -164,8 +245,10 @@ class Batcher:
         finally:
             self._busy = False
 
-    def _take(self) -> list[_Item]:
-        """Up to max_batch examples from the front of the queue that can merge with the first."""
+    def _take(self, limit: int = 0) -> list[_Item]:
+        """Up to ``limit`` (default max_batch) examples from the front of the queue that can merge with
+        the first (which is taken whatever its size)."""
+        limit = limit or self.max_batch
         taken: list[_Item] = []
         kept: deque[_Item] = deque()
         rows = 0
@@ -175,7 +258,7 @@ class Batcher:
             if item.future.done():  # timed out while queued
                 self._queued_rows -= item.rows
                 continue
-            fits = key is None or (item.key == key and rows + item.rows <= self.max_batch)
+            fits = key is None or (item.key == key and rows + item.rows <= limit)
             if fits:
                 key = item.key
                 taken.append(item)
@@ -187,12 +270,8 @@ class Batcher:
         return taken
 
     async def _run_batch(self, batch: list[_Item]) -> None:
-        if len(batch) == 1:
-            merged = batch[0].arrays
-        else:
-            merged = {name: np.concatenate([it.arrays[name] for it in batch]) for name in batch[0].arrays}
         try:
-            outputs = await anyio.to_thread.run_sync(self._timed, merged)
+            outputs = await anyio.to_thread.run_sync(self._timed, _merged(batch))
         except Exception as exc:  # noqa: BLE001 - isolate: one bad request must not fail its neighbours
             if len(batch) == 1:
                 _settle(batch[0].future, exc=exc)
@@ -200,13 +279,26 @@ class Batcher:
                 for item in batch:
                     await self._run_batch([item])
             return
+        self._answer(batch, outputs)
+
+    def _answer(self, batch: list[_Item], outputs: Tensors) -> None:
+        """Count the call and hand each request its rows of ``outputs``."""
         if self.on_batch is not None:
             self.on_batch(sum(it.rows for it in batch))
+        if len(batch) == 1:
+            _settle(batch[0].future, result=outputs)
+            return
         start = 0
         for item in batch:
             end = start + item.rows
             _settle(item.future, result={name: out[start:end] for name, out in outputs.items()})
             start = end
+
+
+def _merged(batch: list[_Item]) -> Tensors:
+    if len(batch) == 1:
+        return batch[0].arrays
+    return {name: np.concatenate([it.arrays[name] for it in batch]) for name in batch[0].arrays}
 
 
 def _settle(future: asyncio.Future[Tensors], *, result: Tensors | None = None, exc: Exception | None = None) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from modelport import formats
 from modelport.errors import Unavailable
-from modelport.serving.batcher import Batcher
+from modelport.serving.batcher import Arrivals, Batcher
 from modelport.serving.pipeline import Pipeline
 from modelport.store.bundle import Manifest
 from modelport.store.local import LocalBlobStore
@@ -97,6 +97,8 @@ class ModelRuntime:
         self._lock = threading.Lock()
         self._loading: dict[int, threading.Lock] = {}
         self._pins: set[int] = set()
+        self.arrivals = Arrivals()
+        """Requests on their way to the batchers this turn of the loop (counted by the protocol lane)."""
 
     # -- lookups ----------------------------------------------------------------------------------
     def acquire(self, version_id: int) -> Loaded | None:
@@ -217,6 +219,7 @@ class ModelRuntime:
             timeout_s=cfg.timeout_s or policy.timeout_s,
             on_batch=observe,
             inline_below_s=policy.inline_below_s,
+            arrivals=self.arrivals,
         )
 
     # -- admin ------------------------------------------------------------------------------------

@@ -49,11 +49,24 @@ class InferenceService:
         self._routes: SingleFlight[Resolution] = SingleFlight()
 
     async def predict(self, principal: Principal, ref: str, inputs: Any) -> Prediction:
-        """Resolve, check read permission, load (once), preprocess, run through the version's batcher."""
+        """Resolve, check read permission, load (once), preprocess, run through the version's batcher.
+
+        The caller hands ``inputs`` over: once they are arrays, the parsed JSON is let go before the
+        wait for the batch (unless a shadow needs it). Under load, requests wait together; holding
+        their JSON (25,000 Python floats for 32 images) kept ~40 MB of objects alive and cost more
+        than the parse itself."""
         resolution = await self.route(principal, ref)
         target = resolution.pick()
-        prediction = await self.run(target, inputs)
         shadow = resolution.mirror()
+        loaded = await self.acquire(target)
+        try:
+            arrays, single = loaded.pipeline.prepare(inputs, max_batch=self.max_batch)
+            if shadow is None:
+                del inputs
+            outputs = await loaded.batcher(arrays)
+        finally:
+            loaded.release()
+        prediction = Prediction(target=target, pipeline=loaded.pipeline, outputs=outputs, single=single)
         if shadow is not None:
             task = asyncio.get_running_loop().create_task(self._shadow(shadow, inputs, prediction))
             self._shadows.add(task)

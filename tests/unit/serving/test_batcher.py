@@ -11,7 +11,7 @@ import pytest
 
 from modelport.errors import TooManyRequests, Unavailable
 from modelport.formats.base import Tensors
-from modelport.serving.batcher import Batcher
+from modelport.serving.batcher import Arrivals, Batcher
 
 
 class Recorder:
@@ -108,3 +108,66 @@ async def test_max_wait_lets_an_idle_batch_fill() -> None:
     b = Batcher(model, max_batch=64, max_wait_s=0.03)
     await asyncio.gather(*[b(batch(1.0)) for _ in range(6)])
     assert model.calls == [6]
+
+
+async def _warm(b: Batcher) -> None:
+    """One call, so the batcher has measured the model (an unmeasured model runs in a thread)."""
+    await b(batch(0.0))
+
+
+async def _arriving(arrivals: Arrivals, b: Batcher, request: Tensors) -> Tensors:
+    """A request as the protocol lane starts it: counted while on its way, uncounted when it starts."""
+    arrivals.coming -= 1
+    return await b(request)
+
+
+async def _together(arrivals: Arrivals, b: Batcher, requests: list[Tensors]) -> list[Tensors | BaseException]:
+    arrivals.coming += len(requests)
+    return await asyncio.gather(*[_arriving(arrivals, b, r) for r in requests], return_exceptions=True)
+
+
+async def test_a_cheap_model_gathers_the_requests_that_arrive_together() -> None:
+    model, arrivals = Recorder(), Arrivals()
+    b = Batcher(model, max_batch=64, inline_below_s=1.0, arrivals=arrivals)
+    await _warm(b)
+    results = await _together(arrivals, b, [batch(float(i), rows=1 + i % 3) for i in range(8)])
+    assert model.calls[1:] == [sum(1 + i % 3 for i in range(8))]  # one call for all eight
+    for i, result in enumerate(results):
+        assert not isinstance(result, BaseException)
+        np.testing.assert_array_equal(result["y"], np.full((1 + i % 3, 3), 2.0 * i))
+    assert arrivals.coming == 0 and not b.busy
+    assert (await b(batch(5.0)))["y"][0, 0] == 10.0 and model.calls[-1] == 1  # alone: at once, by itself
+
+
+async def test_gathered_calls_keep_their_limits_and_isolate_a_failure() -> None:
+    model, arrivals = Recorder(fail_on=13.0), Arrivals()
+    b = Batcher(model, max_batch=4, inline_below_s=1.0, arrivals=arrivals)
+    await _warm(b)
+    requests = [batch(1.0), batch(13.0), batch(2.0), {"x": np.ones((1, 5), dtype=np.float32)}, batch(3.0, rows=3)]
+    results = await _together(arrivals, b, requests)
+    assert isinstance(results[1], ValueError)
+    assert [float(r["y"][0, 0]) for r in results if not isinstance(r, BaseException)] == [2.0, 4.0, 2.0, 6.0]
+    # the three single rows (the 3-row one would pass max_batch 4), then each alone after the failure;
+    # the odd shape by itself; then the 3-row request
+    assert model.calls[1:] == [3, 1, 1, 1, 1, 3] and not b.busy
+
+
+async def test_a_large_request_is_not_gathered_and_runs_in_the_worker_thread() -> None:
+    model, arrivals = Recorder(), Arrivals()
+    b = Batcher(model, max_batch=1024, inline_below_s=1e-3, arrivals=arrivals)
+    await _warm(b)
+    b._row_s = 1e-5  # the measured cost per example, fixed here: 100 examples or more leave the loop
+    loop_thread = threading.get_ident()
+    ran_in: list[int] = []
+    inner = model.__call__
+
+    def recording(inputs: Tensors) -> Tensors:
+        ran_in.append(threading.get_ident())
+        return inner(inputs)
+
+    b.run = recording
+    results = await _together(arrivals, b, [batch(1.0), batch(2.0, rows=200), batch(3.0)])
+    assert [r["y"].shape[0] for r in results if not isinstance(r, BaseException)] == [1, 200, 1]
+    assert model.calls[1:] == [2, 200]  # the two small ones in one call on the loop
+    assert ran_in.count(loop_thread) == len(ran_in) - 1  # only the large one ran off the loop
+    assert not b.busy

@@ -70,11 +70,12 @@ async def answer(
     is_raw = content_type.startswith(raw.MEDIA_TYPE)
     if not is_raw and not content_type.startswith("application/json"):
         raise UnsupportedMediaType(expected="application/json or application/octet-stream")
-    inputs = raw.parse(body, tensor_shape, tensor_dtype) if is_raw else native.parse_body(body)
     started = time.perf_counter()
-    try:
-        prediction = await ctx.inference.predict(who, ref, inputs)
-    except ModelportError:
+    try:  # parsed straight into predict, with no name here: predict drops the JSON once it is arrays
+        prediction = await ctx.inference.predict(
+            who, ref, raw.parse(body, tensor_shape, tensor_dtype) if is_raw else native.parse_body(body)
+        )
+    except ModelportError:  # (a body that does not parse counts as a failed prediction too)
         ctx.metrics.observe_prediction(ref.split(":")[0].split("@")[0][:63], None, 0.0, ok=False)
         raise
     if accept is not None and raw.MEDIA_TYPE in accept:
