@@ -75,3 +75,8 @@ SYSTEMS.update(
         ),
     }
 )
+
+# The harness prepares TorchServe's model store and both configs in plain torchserve's prep step only;
+# give the batching entry the same step, so that it runs when selected without plain torchserve.
+if "torchserve" in SYSTEMS and "torchserve_batch" in SYSTEMS:
+    SYSTEMS["torchserve_batch"].setdefault("prep", SYSTEMS["torchserve"].get("prep", []))
