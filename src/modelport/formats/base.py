@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from modelport.serving.devices import Device
 from modelport.store.bundle import Manifest, ManifestInput, Signature
 
 Tensors = dict[str, np.ndarray]
@@ -58,4 +59,4 @@ class Format(Protocol):
 
     def inspect(self, bundle_dir: Path, entrypoint: str, given: ManifestInput) -> Inspection: ...
 
-    def load(self, bundle_dir: Path, manifest: Manifest) -> Predictor: ...
+    def load(self, bundle_dir: Path, manifest: Manifest, device: Device = "cpu") -> Predictor: ...

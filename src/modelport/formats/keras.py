@@ -31,6 +31,8 @@ from modelport.formats._common import (
     spec,
 )
 from modelport.formats.base import Inspection, Tensors
+from modelport.serving import devices
+from modelport.serving.devices import Device
 from modelport.store.bundle import Manifest, ManifestInput, Signature, TensorSpec
 
 NAME = "keras"
@@ -71,8 +73,9 @@ def inspect(bundle_dir: Path, entrypoint: str, given: ManifestInput) -> Inspecti
     return Inspection(signature=reconcile(inferred, given.signature), extra={"parameters": int(model.count_params())})
 
 
-def load(bundle_dir: Path, manifest: Manifest) -> KerasPredictor:
-    """Load the model without its training configuration."""
+def load(bundle_dir: Path, manifest: Manifest, device: Device = "cpu") -> KerasPredictor:
+    """Load the model without its training configuration (on the CPU only)."""
+    devices.require(device, NAME)
     model = _load_model(bundle_dir, manifest.entrypoint)
     size = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
     return KerasPredictor(model, manifest.signature, memory_bytes=2 * size + (1 << 20))

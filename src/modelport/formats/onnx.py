@@ -33,6 +33,8 @@ from modelport.formats._common import (
     usable_cores,
 )
 from modelport.formats.base import Inspection, Tensors
+from modelport.serving import devices
+from modelport.serving.devices import Device
 from modelport.store.bundle import Manifest, ManifestInput, Signature, TensorSpec
 
 NAME = "onnx"
@@ -93,15 +95,16 @@ def inspect(bundle_dir: Path, entrypoint: str, given: ManifestInput) -> Inspecti
     return Inspection(signature=reconcile(inferred, given.signature), extra=extra)
 
 
-def load(bundle_dir: Path, manifest: Manifest) -> OnnxPredictor:
-    """Open an onnxruntime session for the manifest's entrypoint."""
+def load(bundle_dir: Path, manifest: Manifest, device: Device = "cpu") -> OnnxPredictor:
+    """Open an onnxruntime session for the manifest's entrypoint (on CUDA: the CUDA provider first)."""
+    providers = devices.onnx_providers(device)
     path = resolve_entry(bundle_dir, manifest.entrypoint)
     model = _parse(path, manifest.entrypoint, bundle_dir)
     data_files = check_external_data(model, bundle_dir, manifest.entrypoint)
     weight_only = weight_only_dequantize(model)
     folded = _dequantized_bytes(model) if weight_only else 0  # fp32 weights the session will hold
     del model  # the session re-reads the file; keep only one copy of the weights in memory
-    session = _open_session(path, bundle_dir, manifest.entrypoint, weight_only=weight_only)
+    session = _open_session(path, bundle_dir, manifest.entrypoint, weight_only=weight_only, providers=providers)
     size = path.stat().st_size + sum((bundle_dir / f).stat().st_size for f in data_files)
     return OnnxPredictor(session, manifest.signature, memory_bytes=2 * size + folded)
 
@@ -289,7 +292,14 @@ def _parse(path: Path, entrypoint: str, bundle_dir: Path) -> ModelProto:
         ) from None
 
 
-def _open_session(path: Path, bundle_dir: Path, entrypoint: str, *, weight_only: bool = False) -> ort.InferenceSession:
+def _open_session(
+    path: Path,
+    bundle_dir: Path,
+    entrypoint: str,
+    *,
+    weight_only: bool = False,
+    providers: list[str] | None = None,
+) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = usable_cores()
     options.inter_op_num_threads = 1
@@ -299,7 +309,7 @@ def _open_session(path: Path, bundle_dir: Path, entrypoint: str, *, weight_only:
     if weight_only:  # lets constant folding dequantize the weights once (see the module docstring)
         options.add_session_config_entry("session.disable_quant_qdq", "1")
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph/... classes
         raise InvalidArtifact(
             message=f"onnxruntime cannot load {entrypoint!r} ({describe_error(exc, bundle_dir)})"

@@ -19,6 +19,8 @@ from sklearn.base import is_classifier
 from modelport.errors import InvalidArtifact, InvalidInput, UnsafeFormat
 from modelport.formats._common import Files, describe_error, dtype_name, files_of, reconcile, resolve_entry, spec
 from modelport.formats.base import Inspection, Tensors
+from modelport.serving import devices
+from modelport.serving.devices import Device
 from modelport.store.bundle import Manifest, ManifestInput, Signature, TensorSpec
 
 NAME = "sklearn"
@@ -90,8 +92,9 @@ def inspect(bundle_dir: Path, entrypoint: str, given: ManifestInput) -> Inspecti
     return Inspection(signature=reconcile(inferred, given.signature), extra=extra)
 
 
-def load(bundle_dir: Path, manifest: Manifest) -> SklearnPredictor:
-    """Load the estimator; its outputs are the ones its signature lists."""
+def load(bundle_dir: Path, manifest: Manifest, device: Device = "cpu") -> SklearnPredictor:
+    """Load the estimator; its outputs are the ones its signature lists (on the CPU only)."""
+    devices.require(device, NAME)
     path = resolve_entry(bundle_dir, manifest.entrypoint)
     estimator = _load_estimator(bundle_dir, manifest.entrypoint)
     with zipfile.ZipFile(path) as archive:

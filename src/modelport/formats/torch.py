@@ -35,6 +35,8 @@ from modelport.formats._common import (
 )
 from modelport.formats.base import Inspection
 from modelport.formats.torchscript import TorchPredictor, to_numpy
+from modelport.serving import devices
+from modelport.serving.devices import Device
 from modelport.store.bundle import Manifest, ManifestInput, Signature
 from modelport.training.nets import LayerSpecError, build_network, input_dtype
 
@@ -88,12 +90,13 @@ def inspect(bundle_dir: Path, entrypoint: str, given: ManifestInput) -> Inspecti
     return Inspection(signature=reconcile(inferred, given.signature), extra={"parameters": int(params)})
 
 
-def load(bundle_dir: Path, manifest: Manifest) -> TorchPredictor:
-    """Rebuild the network and load its weights onto the CPU in eval mode."""
+def load(bundle_dir: Path, manifest: Manifest, device: Device = "cpu") -> TorchPredictor:
+    """Rebuild the network and load its weights in eval mode, then move it to ``device``."""
+    where = devices.torch_device(device, NAME)
     layers, input_shape = parse_architecture(manifest.architecture)
     net = load_network(bundle_dir, manifest.entrypoint, layers, input_shape)
     size = sum(t.numel() * t.element_size() for t in net.state_dict().values())
-    return TorchPredictor(net, manifest.signature, memory_bytes=2 * size + (1 << 20))
+    return TorchPredictor(net.to(where), manifest.signature, memory_bytes=2 * size + (1 << 20), device=where)
 
 
 def parse_architecture(value: dict[str, Any] | None) -> tuple[list[Any], list[int]]:

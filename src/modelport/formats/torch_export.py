@@ -26,6 +26,8 @@ from modelport.formats._common import (
 from modelport.formats._pt2_guard import check_archive
 from modelport.formats.base import Inspection
 from modelport.formats.torchscript import TorchPredictor
+from modelport.serving import devices
+from modelport.serving.devices import Device
 from modelport.store.bundle import Manifest, ManifestInput, Signature, TensorSpec
 
 NAME = "torch_export"
@@ -66,13 +68,14 @@ def inspect(bundle_dir: Path, entrypoint: str, given: ManifestInput) -> Inspecti
     return Inspection(signature=reconcile(inferred, given.signature), extra={"parameters": int(params)})
 
 
-def load(bundle_dir: Path, manifest: Manifest) -> TorchPredictor:
+def load(bundle_dir: Path, manifest: Manifest, device: Device = "cpu") -> TorchPredictor:
     """Load the program and build its callable module (weights on the CPU)."""
     program = _load_program(bundle_dir, manifest.entrypoint)
     weights = [*program.state_dict.values(), *program.constants.values()]
     size = sum(t.numel() * t.element_size() for t in weights if isinstance(t, torch.Tensor))
-    module = program.module()
-    return TorchPredictor(module, manifest.signature, memory_bytes=2 * size + (1 << 20))
+    where = devices.torch_device(device, NAME)
+    module = program.module().to(where)
+    return TorchPredictor(module, manifest.signature, memory_bytes=2 * size + (1 << 20), device=where)
 
 
 def program_signature(program: torch.export.ExportedProgram) -> Signature:

@@ -27,6 +27,8 @@ from modelport.formats._common import (
     spec,
 )
 from modelport.formats.base import Inspection, Tensors
+from modelport.serving import devices
+from modelport.serving.devices import Device
 from modelport.store.bundle import Manifest, ManifestInput, Signature, TensorSpec
 
 NAME = "torchscript"
@@ -58,10 +60,11 @@ def inspect(bundle_dir: Path, entrypoint: str, given: ManifestInput) -> Inspecti
     return Inspection(signature=signature, extra={"parameters": int(params)})
 
 
-def load(bundle_dir: Path, manifest: Manifest) -> TorchPredictor:
+def load(bundle_dir: Path, manifest: Manifest, device: Device = "cpu") -> TorchPredictor:
     """Load the archive onto the CPU in eval mode."""
+    where = devices.torch_device(device, NAME)
     module = _load_module(bundle_dir, manifest.entrypoint)
-    return TorchPredictor(module, manifest.signature, memory_bytes=_module_bytes(module))
+    return TorchPredictor(module.to(where), manifest.signature, memory_bytes=_module_bytes(module), device=where)
 
 
 class TorchPredictor:
@@ -70,10 +73,12 @@ class TorchPredictor:
     Shared by the torchscript, torch_export and torch formats: all three take positional tensors.
     """
 
-    def __init__(self, module: Any, signature: Signature, memory_bytes: int) -> None:
+    def __init__(self, module: Any, signature: Signature, memory_bytes: int, device: Any = None) -> None:
         self._module: Any = module
         self.signature = signature
         self.memory_bytes = memory_bytes
+        self._device = None if device is None or device.type == "cpu" else device
+        """Where inputs go before the call (None: the CPU, where ``from_numpy`` shares the memory)."""
 
     def __call__(self, inputs: Tensors) -> Tensors:
         if self._module is None:
@@ -82,6 +87,8 @@ class TorchPredictor:
         if missing:
             raise InvalidInput(message=f"missing input(s) {missing}", details={"missing": missing})
         args = [torch.from_numpy(np.ascontiguousarray(inputs[s.name])) for s in self.signature.inputs]
+        if self._device is not None:
+            args = [a.to(self._device, non_blocking=True) for a in args]
         with torch.inference_mode():
             result = self._module(*args)
         return name_outputs(result, [s.name for s in self.signature.outputs])

@@ -15,6 +15,7 @@ from modelport.registry.db import Database
 from modelport.registry.models import visible_model
 from modelport.registry.tables import Deployment, Model, utcnow
 from modelport.registry.versions import load_version
+from modelport.serving.devices import Device
 from modelport.store.bundle import describe_validation_error
 
 
@@ -32,11 +33,13 @@ class Shadow(BaseModel):
 
 
 class DeploymentConfig(BaseModel):
-    """``routes`` split ``name`` (not ``name:3`` or ``name@alias``) between versions by weight."""
+    """``routes`` split ``name`` (not ``name:3`` or ``name@alias``) between versions by weight;
+    ``device`` is where every version of the model runs, whichever reference names it."""
 
     model_config = ConfigDict(extra="forbid")
     routes: list[Route] = Field(default_factory=list, max_length=16)
     shadow: Shadow | None = None
+    device: Device = "cpu"
 
     @model_validator(mode="after")
     def _distinct(self) -> DeploymentConfig:

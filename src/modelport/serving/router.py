@@ -24,6 +24,7 @@ from modelport.registry import acl, deployments, versions
 from modelport.registry.db import Database
 from modelport.registry.models import load_model
 from modelport.registry.tables import Model, Version
+from modelport.serving.devices import Device
 from modelport.store.bundle import Manifest
 
 TTL_S = 1.0
@@ -36,6 +37,7 @@ class Target:
     version_id: int
     version: int
     manifest: Manifest
+    device: Device = "cpu"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,32 +128,36 @@ class Router:
             model = load_model(s, ref.name)
             if acl.role_of(s, principal, model) is None:
                 raise ModelNotFound(name=ref.name)  # before saying anything about its versions
-            if ref.version is None and ref.alias is None:
-                split = self._split(s, model)
+            config = deployments.config_of(s, model)
+            device: Device = config.device if config is not None else "cpu"
+            if ref.version is None and ref.alias is None and config is not None:
+                split = self._split(s, model, config)
                 if split is not None:
                     return split
-            return Resolution(targets=(self._exact(s, ref),), weights=(1.0,))
+            return Resolution(targets=(self._exact(s, ref, device),), weights=(1.0,))
 
-    def _exact(self, s: Session, ref: ModelRef) -> Target:
+    def _exact(self, s: Session, ref: ModelRef, device: Device) -> Target:
         model, version = versions.resolve(s, ref)
-        return self._target(model, version)
+        return self._target(model, version, device)
 
-    def _split(self, s: Session, model: Model) -> Resolution | None:
-        config = deployments.config_of(s, model)
-        if config is None or (not config.routes and config.shadow is None):
+    def _split(self, s: Session, model: Model, config: deployments.DeploymentConfig) -> Resolution | None:
+        if not config.routes and config.shadow is None:
             return None
+        device = config.device
         if config.routes:
-            targets = tuple(self._target(model, versions.load_version(s, model, r.version)) for r in config.routes)
+            targets = tuple(
+                self._target(model, versions.load_version(s, model, r.version), device) for r in config.routes
+            )
             weights = tuple(r.weight for r in config.routes)
         else:
-            targets, weights = (self._exact(s, ModelRef(model.name)),), (1.0,)
+            targets, weights = (self._exact(s, ModelRef(model.name), device),), (1.0,)
         shadow = None
         if config.shadow is not None:
-            shadow = self._target(model, versions.load_version(s, model, config.shadow.version))
+            shadow = self._target(model, versions.load_version(s, model, config.shadow.version), device)
         share = config.shadow.percent if config.shadow is not None else 0.0
         return Resolution(targets=targets, weights=weights, shadow=shadow, shadow_share=share)
 
-    def _target(self, model: Model, version: Version) -> Target:
+    def _target(self, model: Model, version: Version, device: Device) -> Target:
         if version.status != "ready":
             raise Conflict(
                 message=f"version {version.number} of {model.name!r} is {version.status}; "
@@ -162,7 +168,12 @@ class Router:
             manifest = Manifest.model_validate(version.manifest)
             self._manifests[version.id] = manifest
         return Target(
-            model_id=model.id, model=model.name, version_id=version.id, version=version.number, manifest=manifest
+            model_id=model.id,
+            model=model.name,
+            version_id=version.id,
+            version=version.number,
+            manifest=manifest,
+            device=device,
         )
 
     def _role(self, principal: Principal, model_id: int, now: float) -> str | None:

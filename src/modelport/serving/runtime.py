@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from modelport import formats
 from modelport.errors import Unavailable
 from modelport.serving.batcher import Arrivals, Batcher
+from modelport.serving.devices import Device
 from modelport.serving.pipeline import Pipeline
 from modelport.store.bundle import Manifest
 from modelport.store.local import LocalBlobStore
@@ -36,6 +37,7 @@ class LoadedInfo:
     format: str
     memory_bytes: int
     pinned: bool = False
+    device: Device = "cpu"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +60,14 @@ class Loaded:
     batcher: Batcher
     memory_bytes: int
     pinned: bool = False
+    device: Device = "cpu"
     in_flight: int = 0
     evicted: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def info(self) -> LoadedInfo:
-        return LoadedInfo(self.model, self.version, self.pipeline.manifest.format, self.memory_bytes, self.pinned)
+        manifest = self.pipeline.manifest
+        return LoadedInfo(self.model, self.version, manifest.format, self.memory_bytes, self.pinned, self.device)
 
     def acquire(self) -> None:
         with self._lock:
@@ -116,29 +120,32 @@ class ModelRuntime:
     def peek(self, version_id: int) -> Loaded | None:
         return self._loaded.get(version_id)
 
-    def get(self, version_id: int, model: str, number: int, manifest: Manifest) -> Loaded:
-        """Like acquire(), loading the version first (once, even under concurrency) if needed."""
-        hit = self.acquire(version_id)
+    def get(self, version_id: int, model: str, number: int, manifest: Manifest, device: Device = "cpu") -> Loaded:
+        """Like acquire(), loading the version first (once, even under concurrency) if needed. A
+        version loaded on another device (its model's deployment moved it) is unloaded and loaded
+        again on ``device``."""
+        hit = self._on(self.acquire(version_id), device)
         if hit is not None:
             return hit
         with self._lock:
             loader = self._loading.setdefault(version_id, threading.Lock())
         with loader:
-            hit = self.acquire(version_id)
+            hit = self._on(self.acquire(version_id), device)
             if hit is not None:
                 return hit
             estimate = 2 * sum(self._file_sizes(manifest))
             self._make_room(estimate)
-            pipeline = self._load(manifest)
+            pipeline = self._load(manifest, device)
             memory = max(estimate, pipeline.predictor.memory_bytes)
             loaded = Loaded(
                 version_id,
                 model,
                 number,
                 pipeline,
-                self._batcher(model, number, pipeline),
+                self._batcher(model, number, pipeline, device),
                 memory,
                 pinned=version_id in self._pins,
+                device=device,
             )
             loaded.acquire()
             with self._lock:
@@ -147,6 +154,19 @@ class ModelRuntime:
             with contextlib.suppress(Unavailable):  # over budget only by the pinned: keep serving it
                 self._make_room(0)
             return loaded
+
+    def _on(self, hit: Loaded | None, device: Device) -> Loaded | None:
+        """``hit`` if it runs on ``device``; else None, once it is released and unloaded."""
+        if hit is None or hit.device == device:
+            return hit
+        hit.release()
+        with self._lock:
+            if self._loaded.get(hit.version_id) is hit:
+                del self._loaded[hit.version_id]
+            else:
+                return None  # another request moved it already
+        self._retire(hit)
+        return None
 
     # -- memory -----------------------------------------------------------------------------------
     @property
@@ -192,17 +212,17 @@ class ModelRuntime:
     def _file_sizes(self, manifest: Manifest) -> list[int]:
         return [self.store.size_of(sha) for sha in manifest.files.values()]
 
-    def _load(self, manifest: Manifest) -> Pipeline:
+    def _load(self, manifest: Manifest, device: Device = "cpu") -> Pipeline:
         folder = self.store.new_tmp_path(".load")
         try:
             for path, sha in manifest.files.items():
                 self.store.copy_verified(sha, folder / path)
-            predictor = formats.get(manifest.format).load(folder, manifest)
+            predictor = formats.get(manifest.format).load(folder, manifest, device)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return Pipeline(manifest, predictor)
 
-    def _batcher(self, model: str, number: int, pipeline: Pipeline) -> Batcher:
+    def _batcher(self, model: str, number: int, pipeline: Pipeline, device: Device = "cpu") -> Batcher:
         cfg = pipeline.manifest.serving
         policy = self.policy
         on_batch = self.on_batch
@@ -218,7 +238,8 @@ class ModelRuntime:
             queue_limit=cfg.queue_limit or policy.queue_limit,
             timeout_s=cfg.timeout_s or policy.timeout_s,
             on_batch=observe,
-            inline_below_s=policy.inline_below_s,
+            # a GPU call's thread CPU time says nothing of its wall time (the copy back waits): never inline
+            inline_below_s=policy.inline_below_s if device == "cpu" else 0.0,
             arrivals=self.arrivals,
         )
 

@@ -7,8 +7,10 @@ from starlette.responses import Response
 
 from modelport.api.deps import Caller, Client, Ctx
 from modelport.api.routers._json import json_response
+from modelport.errors import BadRequest
 from modelport.registry import deployments
 from modelport.registry.deployments import DeploymentConfig
+from modelport.serving import devices
 
 router = APIRouter(prefix="/v1/models/{name}/deployment", tags=["deployments"])
 
@@ -21,9 +23,12 @@ def get_deployment(name: str, ctx: Ctx, who: Caller) -> Response:
 @router.put(
     "",
     summary="Split traffic by weight, e.g. {routes: [{version: 1, weight: 90}, {version: 2, weight: 10}], "
-    "shadow: {version: 3, percent: 100}}",
+    "shadow: {version: 3, percent: 100}}; device: cpu or cuda",
 )
 def set_deployment(name: str, body: DeploymentConfig, ctx: Ctx, who: Caller, client: Client) -> Response:
+    reason = devices.why_not(body.device)
+    if reason is not None:  # this process serves what it is told to: refuse what it cannot
+        raise BadRequest(message=f"device {body.device!r}: {reason}", details={"device": body.device})
     config = deployments.set_deployment(ctx.db, who, name, body, client=client)
     ctx.forget_caches()
     return json_response(config.model_dump())
