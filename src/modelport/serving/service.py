@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio.to_thread
 import numpy as np
@@ -24,8 +23,9 @@ ShadowObserver = Callable[[str, int, str, float], None]
 """(model, shadow version, outcome "agree" | "disagree" | "error", max |difference|)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
+class Prediction(NamedTuple):
+    """A model's answer to one request (a tuple: built on every request, a frozen dataclass cost 1.5 µs)."""
+
     target: Target
     pipeline: Pipeline
     outputs: Tensors
@@ -92,10 +92,12 @@ class InferenceService:
     async def acquire(self, target: Target) -> Loaded:
         """The loaded version with a request counted in flight; the caller must ``release()`` it."""
         loaded = self.runtime.acquire(target.version_id)
-        if loaded is not None:
+        if loaded is not None and loaded.device == target.device:
             return loaded  # the common case: no thread hop
+        if loaded is not None:
+            loaded.release()  # on another device: get() moves it
         return await anyio.to_thread.run_sync(
-            self.runtime.get, target.version_id, target.model, target.version, target.manifest
+            self.runtime.get, target.version_id, target.model, target.version, target.manifest, target.device
         )
 
     async def load(self, target: Target) -> Loaded:

@@ -7,7 +7,7 @@ endpoint in OpenAPI) and the lean fast path in ``api/fastpath.py`` (which serves
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -42,8 +42,7 @@ PREDICT_BODY = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     body: bytes
     media_type: str
     headers: dict[str, str]
