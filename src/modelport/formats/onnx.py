@@ -143,13 +143,15 @@ class OnnxPredictor:
         # always holds exactly the graph's inputs, so the checked call goes straight to the C++ session.
         self._run = getattr(session, "_sess", session).run
         """The session's run; ``unload`` swaps in one that raises (and so lets the session go)."""
+        self._options = ort.RunOptions()
+        """One RunOptions for every call: the C++ run builds a default one per call otherwise (~0.7 µs)."""
 
     def __call__(self, inputs: Tensors) -> Tensors:
         missing = [n for n in self._input_names if n not in inputs]
         if missing:
             raise InvalidInput(message=f"missing input(s) {missing}", details={"missing": missing})
         feed = {name: inputs[name] for name in self._input_names}
-        results = self._run(self._output_names, feed, None)
+        results = self._run(self._output_names, feed, self._options)
         return {name: np.asarray(value) for name, value in zip(self._output_names, results, strict=True)}
 
     def unload(self) -> None:
