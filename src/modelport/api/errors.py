@@ -70,12 +70,22 @@ async def _modelport_error(request: Request, exc: Exception) -> Response:
     return response
 
 
-async def _internal_error(request: Request, exc: Exception) -> Response:
-    """Any other exception: the one JSON error shape with the request id; the type only in the log."""
-    request_id = getattr(request.state, "request_id", "-")
+def log_internal_error(request_id: str, exc: BaseException) -> None:
+    """An unexpected exception in the log: its type only; the traceback, which carries server paths,
+    at debug level."""
     log.error("request %s failed: internal error (%s)", request_id, type(exc).__name__)
     log.debug("request %s traceback", request_id, exc_info=exc)
+
+
+def internal_error(request_id: str, exc: BaseException) -> Response:
+    """The generic 500 for an unexpected exception (logged): the one JSON error shape with the request id."""
+    log_internal_error(request_id, exc)
     return error_response(500, "internal", "internal error", {"request_id": request_id})
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """Any other exception in a FastAPI route."""
+    return internal_error(getattr(request.state, "request_id", "-"), exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

@@ -28,12 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from starlette.responses import Response
-
 from modelport.api import fastpath
-from modelport.api.errors import error_response, status_of
+from modelport.api.errors import internal_error
 from modelport.api.fastpath import FastPath, Reply
-from modelport.api.middleware import CLOSE, EdgeMiddleware, fast_params, internal_error, new_request_id
+from modelport.api.middleware import EdgeMiddleware, fast_params, new_request_id, refusal_response
 from modelport.errors import RequestTimeout
 
 LANE_MAX_BODY = 1 << 20
@@ -143,8 +141,7 @@ class Lane:
     def too_slow(self, request: LaneRequest) -> LaneAnswer:
         """The answer to a claimed body that missed its deadline: 408, and the connection closes."""
         request_id = new_request_id()
-        exc = RequestTimeout(seconds=self.edge.bodies.timeout_s)
-        refusal: Response = error_response(status_of(exc), exc.code, exc.message, exc.details, CLOSE)
+        refusal = refusal_response(RequestTimeout(seconds=self.edge.bodies.timeout_s))
         self.edge.finish(request.template, METHOD, refusal.status_code, time.perf_counter(), request_id)
         headers = [*refusal.raw_headers, (b"x-request-id", request_id.encode())]
         return LaneAnswer(refusal.status_code, headers, bytes(refusal.body), close=True)

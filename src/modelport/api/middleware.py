@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelport.api import fastpath
 from modelport.api.context import AppContext
-from modelport.api.errors import error_response, status_of
+from modelport.api.errors import error_response, internal_error, log_internal_error, status_of
 from modelport.api.fastpath import FastPath
 from modelport.api.guards import (
     WITH_BODY,
@@ -81,7 +81,7 @@ EDGE_ROUTES: tuple[tuple[str, str, str], ...] = (
 ``tests/security/test_route_authz.py`` checks this list against the app."""
 
 
-def _refusal(exc: ModelportError) -> Response:
+def refusal_response(exc: ModelportError) -> Response:
     """The answer to a body refused mid-read: the rest of it is never read, so the connection closes."""
     return error_response(status_of(exc), exc.code, exc.message, exc.details, CLOSE)
 
@@ -151,7 +151,7 @@ class _Exchange:
         refusal = self.refused[0]
         assert isinstance(refusal, ModelportError)
         self.replaced = self.replacing = True
-        await self.answer(_refusal(refusal))
+        await self.answer(refusal_response(refusal))
         self.replacing = False
 
     async def answer(self, response: Response) -> None:
@@ -287,10 +287,10 @@ class EdgeMiddleware:
             if ex.refused and not ex.started:
                 await ex.answer_refusal()
                 return
-            if not ex.started:
-                await ex.answer(internal_error(ex.request_id, exc))
+            if ex.started:
+                log_internal_error(ex.request_id, exc)
             else:
-                internal_error(ex.request_id, exc)
+                await ex.answer(internal_error(ex.request_id, exc))
 
     async def audit_denial(
         self,
@@ -322,14 +322,6 @@ class EdgeMiddleware:
         self.metrics.observe_request(template, method, status, elapsed)
         if self.access_log:
             log.info("%s %s %s %d %.1fms", request_id, method, template, status, elapsed * 1000)
-
-
-def internal_error(request_id: str, exc: Exception) -> Response:
-    """The generic 500 for an unexpected exception; the log names only its type (tracebacks, which
-    carry server paths, are logged at debug level)."""
-    errlog.error("request %s failed: internal error (%s)", request_id, type(exc).__name__)
-    errlog.debug("request %s traceback", request_id, exc_info=exc)
-    return error_response(500, "internal", "internal error", {"request_id": request_id})
 
 
 def _template(scope: Scope, fast_template: str | None) -> str:

@@ -41,8 +41,8 @@ SAMPLE_EVERY = 16
 
 class Arrivals:
     """How many requests are on their way to a batcher in this turn of the event loop: the protocol
-    lane counts one when it creates a request's task and uncounts it when the task starts (or ends
-    without starting). While it is above zero, an idle batcher gathers instead of running at once."""
+    lane counts one when it creates a request's task and uncounts it when the task starts. While it
+    is above zero, an idle batcher gathers instead of running at once."""
 
     __slots__ = ("coming",)
 
@@ -121,11 +121,7 @@ class Batcher:
                     return await self._join(loop, arrays, rows)
                 return self._run_inline(arrays, rows)
             return await self._run_now(arrays, rows)
-        if self._queued_rows + rows > self.queue_limit:
-            raise TooManyRequests(
-                message=f"this model has {self._queued_rows} examples queued (limit {self.queue_limit}); retry soon",
-                retry_after=1.0,
-            )
+        self._check_room(rows)
         item = _Item(arrays, rows, asyncio.get_running_loop().create_future())
         self._pending.append(item)
         self._queued_rows += rows
@@ -140,15 +136,19 @@ class Batcher:
 
     async def _join(self, loop: asyncio.AbstractEventLoop, arrays: Tensors, rows: int) -> Tensors:
         """Queue for the gathered call, which runs next turn on the loop (so no timeout is needed)."""
+        self._check_room(rows)
+        item = _Item(arrays, rows, loop.create_future())
+        self._pending.append(item)
+        self._queued_rows += rows
+        return await item.future
+
+    def _check_room(self, rows: int) -> None:
+        """TooManyRequests when ``rows`` more examples would pass the queue limit."""
         if self._queued_rows + rows > self.queue_limit:
             raise TooManyRequests(
                 message=f"this model has {self._queued_rows} examples queued (limit {self.queue_limit}); retry soon",
                 retry_after=1.0,
             )
-        item = _Item(arrays, rows, loop.create_future())
-        self._pending.append(item)
-        self._queued_rows += rows
-        return await item.future
 
     def _flush(self) -> None:
         """The gathered call(s), on the event loop: what gathered, merged into calls that each stay

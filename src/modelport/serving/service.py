@@ -56,19 +56,13 @@ class InferenceService:
         their JSON (25,000 Python floats for 32 images) kept ~40 MB of objects alive and cost more
         than the parse itself."""
         resolution = await self.route(principal, ref)
-        target = resolution.pick()
         shadow = resolution.mirror()
-        loaded = await self.acquire(target)
-        try:
-            arrays, single = loaded.pipeline.prepare(inputs, max_batch=self.max_batch)
-            if shadow is None:
-                del inputs
-            outputs = await loaded.batcher(arrays)
-        finally:
-            loaded.release()
-        prediction = Prediction(target=target, pipeline=loaded.pipeline, outputs=outputs, single=single)
+        running = self.run(resolution.pick(), inputs)
+        mirrored = inputs if shadow is not None else None
+        del inputs  # from here run() holds the only reference, until the inputs are arrays
+        prediction = await running
         if shadow is not None:
-            task = asyncio.get_running_loop().create_task(self._shadow(shadow, inputs, prediction))
+            task = asyncio.get_running_loop().create_task(self._shadow(shadow, mirrored, prediction))
             self._shadows.add(task)
             task.add_done_callback(self._shadows.discard)
         return prediction
@@ -84,6 +78,7 @@ class InferenceService:
         loaded = await self.acquire(target)
         try:
             arrays, single = loaded.pipeline.prepare(inputs, max_batch=self.max_batch)
+            del inputs  # not kept while waiting for the batch (see predict)
             outputs = await loaded.batcher(arrays)
         finally:
             loaded.release()
