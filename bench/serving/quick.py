@@ -174,15 +174,20 @@ def main() -> None:
                     cmd = [str(VENV_BIN / "uvicorn"), module, "--port", str(port), "--log-level", "warning"]
                     cmd += ["--no-access-log", "--app-dir", str(folder)]
                     floors |= measure(cmd, port, "/predict", floor_cells, work, args.seconds, env, key)
-        print("| cell | Modelport req/s | p50 ms | p99 ms | errors | floor req/s | ratio | CPU us/req (floor) |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print(
+            "| cell | Modelport req/s | p50 ms | p99 ms | errors | floor req/s | floor p50 ms | ratio "
+            "| CPU us/req (floor) |"
+        )
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for cell in cells:
             r, f = ours[cell], floors.get(cell)
             ratio = f"{r['rps'] / f['rps']:.2f}" if f else "-"
             frps = f"{f['rps']:,.0f}" if f else "-"
+            fp50 = f"{f['p50'] / 1000:.3f}" if f else "-"
+            cpu = f"{r['cpu_us']:.0f} ({f['cpu_us'] if f else 0:.0f})"
             print(
-                f"| {cell} | {r['rps']:,.0f} | {r['p50'] / 1000:.2f} | {r['p99'] / 1000:.2f} | "
-                f"{r['errors'] + r['non2xx']} | {frps} | {ratio} | {r['cpu_us']:.0f} ({f['cpu_us'] if f else 0:.0f}) |"
+                f"| {cell} | {r['rps']:,.0f} | {r['p50'] / 1000:.3f} | {r['p99'] / 1000:.2f} | "
+                f"{r['errors'] + r['non2xx']} | {frps} | {fp50} | {ratio} | {cpu} |"
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -17,6 +17,7 @@ import numpy as np
 
 from modelport.errors import InvalidInput
 from modelport.formats.base import Predictor, Tensors
+from modelport.serving.json_matrix import JsonMatrix
 from modelport.store.bundle import Manifest, TensorSpec
 
 NUMPY_DTYPES: dict[str, Any] = {
@@ -56,14 +57,11 @@ class Pipeline:
     def prepare(self, inputs: Any, *, max_batch: int) -> tuple[Tensors, bool]:
         """Named, preprocessed, type-checked batch arrays, and whether the caller sent one example."""
         if self._flat is not None:
-            if type(inputs) is list:
-                fast = self._prepare_flat(self._flat, inputs, max_batch)
-                if fast is not None:
-                    return fast
-            elif type(inputs) is np.ndarray:
-                fast = self._prepare_flat_array(self._flat, inputs, max_batch)
-                if fast is not None:
-                    return fast
+            fast = self._prepare_fast(self._flat, inputs, max_batch)
+            if fast is not None:
+                return fast
+        if type(inputs) is JsonMatrix:
+            inputs = inputs.parsed()  # the general path reads the JSON as it always did
         named = self._name_inputs(inputs)
         arrays: Tensors = {}
         single_flags = set()
@@ -79,6 +77,18 @@ class Pipeline:
         if len(single_flags) > 1:
             raise InvalidInput(message="send every input as one example, or every input as a batch")
         return arrays, single_flags.pop()
+
+    def _prepare_fast(self, lane: _FlatLane, inputs: Any, max_batch: int) -> tuple[Tensors, bool] | None:
+        """The fast lane for JSON rows, a JSON body read as a matrix, or a raw tensor; None when the
+        inputs need the general path (which gives the precise message for anything wrong)."""
+        kind = type(inputs)
+        if kind is JsonMatrix:
+            return self._prepare_matrix(lane, inputs.values, max_batch)
+        if kind is list:
+            return self._prepare_flat(lane, inputs, max_batch)
+        if kind is np.ndarray:
+            return self._prepare_flat_array(lane, inputs, max_batch)
+        return None
 
     def _prepare_flat(self, lane: _FlatLane, rows: list[Any], max_batch: int) -> tuple[Tensors, bool] | None:
         """The common request, fast: a batch of flat rows of numbers for a one-input float model with no
@@ -113,6 +123,13 @@ class Pipeline:
         if not _in_range(arr, lane):
             return None
         return {lane.name: arr.astype(lane.dtype, copy=False)}, False
+
+    def _prepare_matrix(self, lane: _FlatLane, values: np.ndarray, max_batch: int) -> tuple[Tensors, bool] | None:
+        """The fast lane for a JSON body read as a float64 matrix (one example when 1-D)."""
+        if values.ndim == 1:
+            fast = self._prepare_flat_array(lane, values.reshape(1, -1), max_batch)
+            return None if fast is None else (fast[0], True)
+        return self._prepare_flat_array(lane, values, max_batch)
 
     def _name_inputs(self, inputs: Any) -> dict[str, Any]:
         names = [s.name for s in self.inputs]
@@ -305,9 +322,10 @@ def _in_range(arr: np.ndarray, lane: _FlatLane) -> bool:
     a min and a max): the sum of squares is NaN or Infinity with any NaN or Infinity among the values,
     and below ``limit**2`` only if each value is within ``limit``. False may also mean "too close to
     tell" (huge but valid values, or a sum of squares past the array's own dtype); the general path
-    then decides, exactly."""
+    then decides, exactly. (An overflow to Infinity is such a "too close"; numpy is told not to warn.)"""
     flat = arr.reshape(-1)
-    return float(flat @ flat) < lane.square_limit
+    with np.errstate(over="ignore"):
+        return float(flat @ flat) < lane.square_limit
 
 
 def _list_to_array(spec: TensorSpec, value: list[Any]) -> np.ndarray:

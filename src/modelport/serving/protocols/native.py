@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 
 from modelport.errors import InvalidInput, PayloadTooLarge
+from modelport.serving.json_matrix import read_matrix
 from modelport.serving.service import Prediction
 
 MAX_OUTPUT_BYTES = 64 * 1024 * 1024
@@ -25,9 +26,14 @@ def invalid_json_message(exc: orjson.JSONDecodeError) -> str:
 
 
 def parse_body(body: bytes) -> Any:
-    """The ``inputs`` value of a predict body, or InvalidInput saying what is wrong."""
+    """The ``inputs`` value of a predict body, or InvalidInput saying what is wrong. A rectangular
+    array of numbers comes as a JsonMatrix (read without a Python object per number), which the
+    pipeline takes as the same inputs."""
     if not body:
         raise InvalidInput(message='empty body: send {"inputs": [...]}')
+    matrix = read_matrix(body)
+    if matrix is not None:
+        return matrix
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
