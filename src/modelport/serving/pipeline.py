@@ -52,6 +52,9 @@ class Pipeline:
             t.name: tuple(t.shape[1:]) for t in self.inputs if t.shape is not None and -1 not in t.shape[1:]
         }
         self._flat = _flat_lane(self.inputs, manifest)
+        self._float_input = len(self.inputs) == 1 and self.inputs[0].dtype.startswith("float")
+        """A JSON matrix is then the float64 array the general path makes of its lists (``_list_to_array``);
+        any other model reads the body's JSON again, so an integer stays an integer."""
 
     # -- inputs ---------------------------------------------------------------------------------
     def prepare(self, inputs: Any, *, max_batch: int) -> tuple[Tensors, bool]:
@@ -60,8 +63,8 @@ class Pipeline:
             fast = self._prepare_fast(self._flat, inputs, max_batch)
             if fast is not None:
                 return fast
-        if type(inputs) is JsonMatrix:
-            inputs = inputs.parsed()  # the general path reads the JSON as it always did
+        if type(inputs) is JsonMatrix:  # the general path: the array its lists would make, or the JSON
+            inputs = inputs.values if self._float_input else inputs.parsed()
         named = self._name_inputs(inputs)
         arrays: Tensors = {}
         single_flags = set()

@@ -124,6 +124,23 @@ def test_the_pipeline_gives_the_same_arrays_from_a_matrix_and_from_lists() -> No
     assert single and got["x"].shape == (1, 4)
 
 
+@pytest.mark.parametrize(
+    "pre",
+    [[{"scale": 0.5}], [{"normalize": {"mean": [0, 1, 2, 3], "std": 2.0}}], [{"reshape": [2, 2]}]],
+)
+def test_a_model_with_preprocessing_gets_the_same_arrays_from_a_matrix(pre: list[dict[str, object]]) -> None:
+    in_shape = [-1, 2, 2] if "reshape" in pre[0] else None
+    pipeline = make(pre, [], in_shape=in_shape)
+    for body in (b'{"inputs": [[0.1, 2, -3.5, 1e-45], [1, 2, 3, 4]]}', b'{"inputs": [0.1, 2, -3.5, 4]}'):
+        matrix = native.parse_body(body)
+        assert isinstance(matrix, JsonMatrix)
+        got, got_single = pipeline.prepare(matrix, max_batch=10)
+        want, want_single = pipeline.prepare(orjson.loads(body)["inputs"], max_batch=10)
+        assert got_single == want_single
+        np.testing.assert_array_equal(got["x"], want["x"])
+        assert got["x"].dtype == want["x"].dtype
+
+
 def test_values_past_the_inputs_range_get_the_general_paths_message() -> None:
     with pytest.raises(InvalidInput, match="NaN or Infinity"):
         make([], []).prepare(native.parse_body(b'{"inputs": [[1e39, 0, 0, 0]]}'), max_batch=10)
