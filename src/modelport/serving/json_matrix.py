@@ -37,13 +37,32 @@ class JsonMatrix(NamedTuple):
         return orjson.loads(self.body)[KEY]
 
 
+POOLED_BODY = 256 * 1024
+"""Parsers that read bodies up to this size go back to the pool (a parser keeps buffers of ~13 bytes
+per byte of the largest body it read: 3.3 MB at most); larger bodies get a parser of their own."""
+_pool: list[simdjson.Parser] = []
+"""Idle parsers. Reusing one keeps its buffers allocated and warm in the cache: a fresh parser per body
+cost ~26 µs of a request in the server against ~9 µs in a loop. ``read_matrix`` never waits, so the
+event loop needs one; ``list.pop`` and ``append`` are atomic, so threads may share the pool."""
+
+
 def read_matrix(body: bytes) -> JsonMatrix | None:
     """The body's inputs as a JsonMatrix, or None to read it the general way (orjson)."""
     if body.startswith(b"\xef\xbb\xbf"):
         return None  # simdjson skips a byte-order mark, which orjson (and JSON) refuses
     try:
-        # A parser per body: one holds one document at a time, and requests interleave (~0.1 µs)
-        doc = simdjson.Parser().parse(body)
+        parser = _pool.pop()
+    except IndexError:
+        parser = simdjson.Parser()
+    matrix = _read(parser, body)  # its document is gone when it returns: the parser is free again
+    if len(body) <= POOLED_BODY:
+        _pool.append(parser)
+    return matrix
+
+
+def _read(parser: simdjson.Parser, body: bytes) -> JsonMatrix | None:
+    try:
+        doc = parser.parse(body)
         if type(doc) is not simdjson.Object or len(doc) != 1:
             return None
         inputs = doc.get(KEY)

@@ -113,6 +113,17 @@ def test_a_batch_and_one_example() -> None:
     assert one is not None and one.values.shape == (3,)
 
 
+def test_a_pooled_parsers_next_body_leaves_the_last_matrix_intact() -> None:
+    first = read_matrix(b'{"inputs": [[1, 2], [3, 4]]}')
+    assert read_matrix(b"not json") is None
+    second = read_matrix(b'{"inputs": [[5, 6, 7]]}')
+    big = read_matrix(orjson.dumps({"inputs": [[0.5] * 1000] * 40}))  # past the pooled size: its own parser
+    assert first is not None and second is not None and big is not None
+    np.testing.assert_array_equal(first.values, [[1, 2], [3, 4]])
+    np.testing.assert_array_equal(second.values, [[5, 6, 7]])
+    assert big.values.shape == (40, 1000)
+
+
 def test_the_pipeline_gives_the_same_arrays_from_a_matrix_and_from_lists() -> None:
     body = b'{"inputs": [[0.1, 18446744073709551615, -3.4e38, 1e-45], [1, 2, 3, 4]]}'
     fast = make([], [])  # (N, 4) float32, no preprocessing: the fast lane
