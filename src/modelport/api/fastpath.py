@@ -25,6 +25,7 @@ from modelport.api.context import AppContext
 from modelport.api.errors import error_response, status_of
 from modelport.api.routers.predict import answer
 from modelport.api.routers.v2 import answer_infer
+from modelport.auth.keys import REFRESH_AFTER_S
 from modelport.auth.principals import ANONYMOUS_ADMIN, Principal
 from modelport.auth.rate_limit import RateLimiter
 from modelport.errors import ModelportError, TooManyRequests, Unauthenticated
@@ -74,11 +75,14 @@ class FastPath:
             key = value.strip() if scheme.lower() == "bearer" else None
         if not key:
             raise Unauthenticated()
-        cached = self.ctx.keys.cached(key)
-        if cached is not None:
-            return cached
         authenticate = self.ctx.keys.authenticate
-        return await self._keys.run(key, lambda: authenticate(key))
+        cached = self.ctx.keys.cached(key)
+        if cached is None:
+            return await self._keys.run(key, lambda: authenticate(key))
+        principal, due = cached
+        if due:  # looked up again in the background, before any request must wait for it
+            self._keys.start(key, lambda: authenticate(key, max_age=REFRESH_AFTER_S))
+        return principal
 
     async def respond(self, path: str, headers: dict[bytes, bytes], body: bytes | Receive) -> Reply | Response:
         """The answer to one inference request: a 200's body and headers, which the caller writes itself

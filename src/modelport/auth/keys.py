@@ -24,6 +24,8 @@ from modelport.registry.tables import ApiKey, utcnow
 KEY_PREFIX = "mp_"
 SHOWN_PREFIX_LEN = 11
 CACHE_TTL_S = 1.0
+REFRESH_AFTER_S = CACHE_TTL_S / 2
+"""A good answer this old is still used, and looked up again in the background (``api/fastpath.py``)."""
 """A revoked key stops working within this many seconds on every process."""
 _N = TypeVar("_N", int, float)
 
@@ -336,9 +338,10 @@ class KeyAuthenticator:
         read is atomic). Same lifetime: cleared with the cache, and each answer still ages out."""
         self._lock = threading.Lock()
 
-    def cached(self, key: str) -> Principal | None:
-        """The answer from the cache without touching the database: a Principal, Unauthenticated raised
-        for a key known to be bad, or None when the cache has no fresh answer (call authenticate)."""
+    def cached(self, key: str) -> tuple[Principal, bool] | None:
+        """The answer from the cache without touching the database: a Principal and whether it is due
+        for a refresh (older than ``REFRESH_AFTER_S``), Unauthenticated raised for a key known to be
+        bad, or None when the cache has no fresh answer (call authenticate)."""
         hit = self._recent.get(key)
         if hit is None:
             if len(key) > 200:
@@ -350,12 +353,14 @@ class KeyAuthenticator:
             if len(self._recent) > 10_000:
                 self._recent.clear()
             self._recent[key] = hit
-        if time.monotonic() - hit[0] > CACHE_TTL_S:
+        age = time.monotonic() - hit[0]
+        if age > CACHE_TTL_S:
             self._recent.pop(key, None)
             return None
-        return _verdict(hit)
+        return _verdict(hit), age > REFRESH_AFTER_S
 
-    def authenticate(self, key: str | None) -> Principal:
+    def authenticate(self, key: str | None, *, max_age: float = CACHE_TTL_S) -> Principal:
+        """The key's Principal, from an answer at most ``max_age`` old (else from the database)."""
         if not key:
             raise Unauthenticated()
         if len(key) > 200:
@@ -364,12 +369,14 @@ class KeyAuthenticator:
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(digest)
-        if hit is None or now - hit[0] > CACHE_TTL_S:
+        if hit is None or now - hit[0] > max_age:
             hit = (now, *self._lookup(digest))
             with self._lock:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
                 self._cache[digest] = hit
+            if key in self._recent:
+                self._recent[key] = hit  # the hot path's view: a refresh (or a revocation) is seen at once
         return _verdict(hit)
 
     def _lookup(self, digest: str) -> tuple[Principal | None, datetime | None]:

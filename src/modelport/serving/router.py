@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from modelport.auth.principals import Principal
-from modelport.errors import Conflict, ModelNotFound
+from modelport.errors import Conflict, ModelNotFound, ModelportError
 from modelport.refs import ModelRef, parse_ref
 from modelport.registry import acl, deployments, versions
 from modelport.registry.db import Database
@@ -28,6 +28,9 @@ from modelport.serving.devices import Device
 from modelport.store.bundle import Manifest
 
 TTL_S = 1.0
+REFRESH_AFTER_S = TTL_S / 2
+"""An answer this old is still served, and looked up again in the background (``InferenceService``),
+so that under steady traffic no request waits for the database; one older than ``TTL_S`` never is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +81,9 @@ class Router:
         self._lock = threading.Lock()
 
     # -- the hot path -----------------------------------------------------------------------------
-    def cached(self, principal: Principal, ref_text: str) -> Resolution | None:
-        """The answer from the caches alone (no database), or None when either is stale or missing.
+    def cached(self, principal: Principal, ref_text: str) -> tuple[Resolution, bool] | None:
+        """The answer from the caches alone (no database), and whether it is due for a refresh (older
+        than ``REFRESH_AFTER_S``); None when either entry is stale (past ``TTL_S``) or missing.
 
         The ``infer`` decision (key scope included) is ``acl.decide``, as on every other path."""
         now = time.monotonic()
@@ -88,25 +92,30 @@ class Router:
             if hit is None or now - hit[0] > TTL_S:
                 return None
             resolution = hit[1]
+            due = now - hit[0] > REFRESH_AFTER_S
             if principal.role == "admin":
                 if principal.scope is None:
-                    return resolution  # what acl.decide answers for an unscoped admin, without the call
+                    return resolution, due  # what acl.decide answers for an unscoped admin, without the call
                 role: str | None = "owner"
             else:
                 granted = self._roles.get((principal.name, resolution.model_id))
                 if granted is None or now - granted[0] > TTL_S:
                     return None
                 role = granted[1]
+                due = due or now - granted[0] > REFRESH_AFTER_S
         acl.decide(principal, resolution.model, role, "infer")
-        return resolution
+        return resolution, due
 
-    def route(self, principal: Principal, ref_text: str, action: acl.Action = "infer") -> Resolution:
-        """Resolve ``ref_text`` (may read the database: call off the event loop on a cache miss)."""
+    def route(
+        self, principal: Principal, ref_text: str, action: acl.Action = "infer", *, max_age: float = TTL_S
+    ) -> Resolution:
+        """Resolve ``ref_text`` (may read the database: call off the event loop on a cache miss); cached
+        answers older than ``max_age`` are looked up again (``REFRESH_AFTER_S`` for a refresh)."""
         parse_ref(ref_text)  # validate before the text becomes a cache key
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(ref_text)
-        if hit is None or now - hit[0] > TTL_S:
+        if hit is None or now - hit[0] > max_age:
             resolution = self._lookup(principal, ref_text)
             with self._lock:
                 if len(self._cache) > 10_000:
@@ -114,8 +123,23 @@ class Router:
                 self._cache[ref_text] = (now, resolution)
         else:
             resolution = hit[1]
-        acl.decide(principal, resolution.model, self._role(principal, resolution.model_id, now), action)
+        role = self._role(principal, resolution.model_id, now, max_age)
+        acl.decide(principal, resolution.model, role, action)
         return resolution
+
+    def refresh(self, principal: Principal, ref_text: str) -> Resolution:
+        """Look ``ref_text`` up again now, ahead of its entries' expiry (in a worker thread). An answer
+        that no longer holds (the model gone, or no longer this principal's to use) is dropped, so the
+        next request looks it up itself and gets the error, instead of the old answer for the rest of
+        the second."""
+        try:
+            return self.route(principal, ref_text, max_age=REFRESH_AFTER_S)
+        except ModelportError:
+            with self._lock:
+                hit = self._cache.pop(ref_text, None)
+                if hit is not None:
+                    self._roles.pop((principal.name, hit[1].model_id), None)
+            raise
 
     def resolve(self, principal: Principal, ref_text: str, action: acl.Action = "infer") -> Target:
         """One target for ``ref_text`` (a weighted pick when the model splits traffic)."""
@@ -176,7 +200,7 @@ class Router:
             device=device,
         )
 
-    def _role(self, principal: Principal, model_id: int, now: float) -> str | None:
+    def _role(self, principal: Principal, model_id: int, now: float, max_age: float = TTL_S) -> str | None:
         """The role a permission row grants (cached per principal name; the key's scope is applied by
         ``acl.decide`` on every request, so keys of one principal with different scopes share it)."""
         if principal.role == "admin":
@@ -184,7 +208,7 @@ class Router:
         key = (principal.name, model_id)
         with self._lock:
             hit = self._roles.get(key)
-        if hit is not None and now - hit[0] <= TTL_S:
+        if hit is not None and now - hit[0] <= max_age:
             return hit[1]
         with self.db.read() as s:
             role = acl.granted_role(s, principal.name, model_id)

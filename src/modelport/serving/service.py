@@ -68,10 +68,14 @@ class InferenceService:
         return prediction
 
     async def route(self, principal: Principal, ref: str) -> Resolution:
-        resolution = self.router.cached(principal, ref)
-        if resolution is None:  # a cache miss reads the database: off the event loop, once for all
-            route = self.router.route
-            resolution = await self._routes.run((principal, ref), lambda: route(principal, ref))
+        hit = self.router.cached(principal, ref)
+        route = self.router.route
+        if hit is None:  # a cache miss reads the database: off the event loop, once for all
+            return await self._routes.run((principal, ref), lambda: route(principal, ref))
+        resolution, due = hit
+        if due:  # half its life gone: looked up again in the background, before any request must wait
+            refresh = self.router.refresh
+            self._routes.start((principal, ref), lambda: refresh(principal, ref))
         return resolution
 
     async def run(self, target: Target, inputs: Any) -> Prediction:

@@ -8,6 +8,7 @@ per second per key). Here the first caller starts the lookup and the others awai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -19,6 +20,21 @@ T = TypeVar("T")
 class SingleFlight(Generic[T]):
     def __init__(self) -> None:
         self._inflight: dict[Hashable, asyncio.Future[T]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def start(self, key: Hashable, fn: Callable[[], T]) -> None:
+        """``fn()`` in a worker thread in the background, unless a lookup for ``key`` is in flight: a
+        refresh ahead of an entry's expiry, which no request waits for. A failure is dropped: the old
+        entry then expires, and the next caller looks it up itself and gets the error."""
+        if key in self._inflight:
+            return
+        task = asyncio.get_running_loop().create_task(self._quietly(key, fn))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _quietly(self, key: Hashable, fn: Callable[[], T]) -> None:
+        with contextlib.suppress(Exception):  # see start(): the caller that needs the answer gets the error
+            await self.run(key, fn)
 
     async def run(self, key: Hashable, fn: Callable[[], T]) -> T:
         """``fn()`` in a worker thread, shared by every caller that asks for ``key`` meanwhile."""
