@@ -24,9 +24,9 @@ from modelport.registry.tables import ApiKey, utcnow
 KEY_PREFIX = "mp_"
 SHOWN_PREFIX_LEN = 11
 CACHE_TTL_S = 1.0
+"""A revoked key stops working within this many seconds on every process."""
 REFRESH_AFTER_S = CACHE_TTL_S / 2
 """A good answer this old is still used, and looked up again in the background (``api/fastpath.py``)."""
-"""A revoked key stops working within this many seconds on every process."""
 _N = TypeVar("_N", int, float)
 
 
