@@ -33,7 +33,7 @@ class JsonMatrix(NamedTuple):
     body: bytes
 
     def parsed(self) -> Any:
-        """The inputs as orjson reads them (for a model that is not fed by the float fast lane)."""
+        """The inputs as orjson reads them (for a model whose input is not a float, where 1 and 1.0 differ)."""
         return orjson.loads(self.body)[KEY]
 
 

@@ -69,8 +69,8 @@ class InferenceService:
 
     async def route(self, principal: Principal, ref: str) -> Resolution:
         hit = self.router.cached(principal, ref)
-        route = self.router.route
         if hit is None:  # a cache miss reads the database: off the event loop, once for all
+            route = self.router.route
             return await self._routes.run((principal, ref), lambda: route(principal, ref))
         resolution, due = hit
         if due:  # half its life gone: looked up again in the background, before any request must wait
