@@ -12,9 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import delete, event, update
 
 from modelport.auth import keys
+from modelport.registry import changes
 from modelport.registry.tables import ApiKey, Permission
 from modelport.serving import router
 from modelport.serving.singleflight import SingleFlight
@@ -35,7 +36,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock()
-    for module in (router, keys):  # their own view of `time` (only the caches read it), not the event loop's
+    for module in (router, keys, changes):  # their own view of `time` (only the caches read it), not the event loop's
         monkeypatch.setattr(module, "time", SimpleNamespace(monotonic=clock))
     return clock
 
@@ -97,6 +98,37 @@ async def test_past_the_second_the_answer_is_never_used(
     clock.now += 1.1  # no request came in the refresh window: the first one after it waits for the lookup
     r = await predict(client, member, image)
     assert r.status_code == 404, r.text
+
+
+async def test_while_nothing_changes_only_the_change_counter_is_read(
+    app: Any, client: httpx.AsyncClient, member: dict[str, str], mnist_model: TrainedMnist, clock: Clock
+) -> None:
+    image = mnist_model.test_images[0].astype(int).tolist()
+    assert (await predict(client, member, image)).status_code == 200  # caches filled
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    engine = app.state.ctx.db.read_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        for _ in range(10):  # six seconds of steady traffic, each answer past half its life
+            clock.now += 0.6
+            assert (await predict(client, member, image)).status_code == 200
+            await settle(app)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    queries = [q for q in statements if q.lstrip().upper().startswith("SELECT")]
+    assert queries, "the counter was never read"
+    assert all("registry_changes" in q for q in queries), queries  # no key, reference or permission lookup
+    assert len(queries) <= 10  # one read for every cache at each refresh, not one per entry
+    with app.state.ctx.db.write() as s:  # now a change: the next refresh looks the answers up again
+        s.execute(delete(Permission).where(Permission.principal == "reader"))
+    clock.now += 0.6
+    assert (await predict(client, member, image)).status_code == 200
+    await settle(app)
+    assert (await predict(client, member, image)).status_code == 404
 
 
 async def test_a_background_lookup_is_shared_and_its_failure_dropped() -> None:

@@ -35,6 +35,7 @@ from modelport.api.routers import jobs as jobs_routes
 from modelport.api.routers import runtime as runtime_routes
 from modelport.auth.keys import KeyAuthenticator, ensure_admin_key
 from modelport.config import Settings
+from modelport.registry.changes import ChangeWatch
 from modelport.registry.db import Database
 from modelport.serving.router import Router
 from modelport.serving.runtime import BatchPolicy, ModelRuntime
@@ -115,12 +116,13 @@ def create_app(settings: Settings) -> ModelportApp:
         on_batch=metrics.observe_batch,
     )
     metrics.watch_runtime(runtime)
-    router = Router(db)
+    watch = ChangeWatch(db)  # one read of the registry's change counter serves both caches
+    router = Router(db, watch)
     ctx = AppContext(
         settings=settings,
         db=db,
         store=store,
-        keys=KeyAuthenticator(db),
+        keys=KeyAuthenticator(db, watch),
         router=router,
         runtime=runtime,
         inference=InferenceService(router, runtime, max_batch=settings.max_batch, on_shadow=metrics.observe_shadow),

@@ -17,14 +17,15 @@ from sqlalchemy import select
 from modelport.auth.principals import ROLES, Principal, Role, Scope
 from modelport.errors import BadRequest, Conflict, KeyNotFound, PermissionDenied, Unauthenticated
 from modelport.refs import check_name
-from modelport.registry import audit
+from modelport.registry import audit, changes
 from modelport.registry.db import Database
 from modelport.registry.tables import ApiKey, utcnow
 
 KEY_PREFIX = "mp_"
 SHOWN_PREFIX_LEN = 11
 CACHE_TTL_S = 1.0
-"""A revoked key stops working within this many seconds on every process."""
+"""A revoked key stops working within this many seconds on every process (an answer is as fresh as the
+latest read of the registry's change counter that found it unchanged: ``registry/changes.py``)."""
 REFRESH_AFTER_S = CACHE_TTL_S / 2
 """A good answer this old is still used, and looked up again in the background (``api/fastpath.py``)."""
 _N = TypeVar("_N", int, float)
@@ -318,8 +319,13 @@ def ensure_admin_key(db: Database, given: str | None) -> str | None:
     return secret
 
 
-def _verdict(hit: tuple[float, Principal | None, datetime | None]) -> Principal:
-    _, principal, expires_at = hit
+_Hit = tuple[float, int, Principal | None, datetime | None]
+"""(when it was looked up, the change counter it was looked up under, the principal or None for a bad
+key, when the key expires)"""
+
+
+def _verdict(hit: _Hit) -> Principal:
+    _, _, principal, expires_at = hit
     if principal is None:
         raise Unauthenticated(reason="invalid or revoked API key")
     if expires_at is not None and expires_at <= utcnow():
@@ -330,10 +336,11 @@ def _verdict(hit: tuple[float, Principal | None, datetime | None]) -> Principal:
 class KeyAuthenticator:
     """Turns a bearer key into a Principal; caches answers for CACHE_TTL_S to keep the hot path cheap."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, watch: changes.ChangeWatch | None = None) -> None:
         self.db = db
-        self._cache: dict[str, tuple[float, Principal | None, datetime | None]] = {}
-        self._recent: dict[str, tuple[float, Principal | None, datetime | None]] = {}
+        self.watch = watch or changes.ChangeWatch(db)
+        self._cache: dict[str, _Hit] = {}
+        self._recent: dict[str, _Hit] = {}
         """The same answers by the key itself, for the inference hot path: no hash, no lock (a dict
         read is atomic). Same lifetime: cleared with the cache, and each answer still ages out."""
         self._lock = threading.Lock()
@@ -353,7 +360,7 @@ class KeyAuthenticator:
             if len(self._recent) > 10_000:
                 self._recent.clear()
             self._recent[key] = hit
-        age = time.monotonic() - hit[0]
+        age = time.monotonic() - self.watch.fresh_since(hit[0], hit[1])
         if age > CACHE_TTL_S:
             self._recent.pop(key, None)
             return None
@@ -366,11 +373,12 @@ class KeyAuthenticator:
         if len(key) > 200:
             raise Unauthenticated(reason="invalid API key")
         digest = hash_key(key)
-        now = time.monotonic()
         with self._lock:
             hit = self._cache.get(digest)
-        if hit is None or now - hit[0] > max_age:
-            hit = (now, *self._lookup(digest))
+        if hit is not None and not self._fresh(hit, max_age):
+            hit = None
+        if hit is None:
+            hit = (time.monotonic(), *self._lookup(digest))
             with self._lock:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
@@ -379,12 +387,21 @@ class KeyAuthenticator:
                 self._recent[key] = hit  # the hot path's view: a refresh (or a revocation) is seen at once
         return _verdict(hit)
 
-    def _lookup(self, digest: str) -> tuple[Principal | None, datetime | None]:
+    def _fresh(self, hit: _Hit, max_age: float) -> bool:
+        """Whether an answer is at most ``max_age`` old, reading the change counter if it is not yet."""
+        if time.monotonic() - self.watch.fresh_since(hit[0], hit[1]) <= max_age:
+            return True
+        self.watch.check()
+        return time.monotonic() - self.watch.fresh_since(hit[0], hit[1]) <= max_age
+
+    def _lookup(self, digest: str) -> tuple[int, Principal | None, datetime | None]:
+        """The change counter (read first) and the answer."""
         with self.db.read() as s:
+            counter = changes.read(s)
             row = s.scalar(select(ApiKey).where(ApiKey.hash == digest))
         # The hash index found the row; compare again in constant time so timing says nothing.
         if row is None or not hmac.compare_digest(row.hash, digest) or row.revoked_at is not None:
-            return None, None
+            return counter, None, None
         role: Role = "admin" if row.role == "admin" else "member"
         limits = KeyLimits.from_json(row.limits)
         principal = Principal(
@@ -396,7 +413,7 @@ class KeyAuthenticator:
             rate_bucket=limits.bucket or row.id,
             max_concurrent_jobs=limits.max_concurrent_jobs,
         )
-        return principal, row.expires_at
+        return counter, principal, row.expires_at
 
     def forget(self) -> None:
         """Drop cached answers (after a revoke in this process, so it takes effect at once here)."""

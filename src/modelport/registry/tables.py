@@ -189,3 +189,13 @@ class Dataset(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
     description: Mapped[str] = mapped_column(Text, default="", nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+
+
+class RegistryChanges(Base):
+    """One row (id 1) whose counter database triggers bump on every write to the tables the serving
+    caches read (``registry/changes.py``; the triggers are in migration 0006)."""
+
+    __tablename__ = "registry_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    counter: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)

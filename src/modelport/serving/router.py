@@ -3,6 +3,8 @@
 The hot path must not hit the database on every request; a moved alias, a changed deployment, a revoked
 permission or a new version is seen within ``TTL_S`` on every process (each process keeps its own
 cache). A moved alias never fails a request: the old answer stays valid until the new one replaces it.
+An answer is as fresh as the latest read of the registry's change counter that found it unchanged
+(``registry/changes.py``), so while nothing changes one tiny query per process keeps every entry fresh.
 
 A plain ``name`` follows the model's deployment when it has routes (weighted choice per request), else
 the ``production`` alias, else the latest ready version; ``name:3`` and ``name@alias`` are exact.
@@ -20,7 +22,7 @@ from sqlalchemy.orm import Session
 from modelport.auth.principals import Principal
 from modelport.errors import Conflict, ModelNotFound, ModelportError
 from modelport.refs import ModelRef, parse_ref
-from modelport.registry import acl, deployments, versions
+from modelport.registry import acl, changes, deployments, versions
 from modelport.registry.db import Database
 from modelport.registry.models import load_model
 from modelport.registry.tables import Model, Version
@@ -73,10 +75,12 @@ class Resolution:
 
 
 class Router:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, watch: changes.ChangeWatch | None = None) -> None:
         self.db = db
-        self._cache: dict[str, tuple[float, Resolution]] = {}
-        self._roles: dict[tuple[str, int], tuple[float, str | None]] = {}
+        self.watch = watch or changes.ChangeWatch(db)
+        self._cache: dict[str, tuple[float, int, Resolution]] = {}
+        """ref -> (when it was looked up, the change counter it was looked up under, the answer)"""
+        self._roles: dict[tuple[str, int], tuple[float, int, str | None]] = {}
         self._manifests: dict[int, Manifest] = {}
         self._lock = threading.Lock()
 
@@ -87,43 +91,51 @@ class Router:
 
         The ``infer`` decision (key scope included) is ``acl.decide``, as on every other path."""
         now = time.monotonic()
+        fresh_since = self.watch.fresh_since
         with self._lock:
             hit = self._cache.get(ref_text)
-            if hit is None or now - hit[0] > TTL_S:
+            if hit is None:
                 return None
-            resolution = hit[1]
-            due = now - hit[0] > REFRESH_AFTER_S
+            age = now - fresh_since(hit[0], hit[1])
+            if age > TTL_S:
+                return None
+            resolution = hit[2]
             if principal.role == "admin":
-                if principal.scope is None:
-                    return resolution, due  # what acl.decide answers for an unscoped admin, without the call
+                if principal.scope is None:  # what acl.decide answers for an unscoped admin, without the call
+                    return resolution, age > REFRESH_AFTER_S
                 role: str | None = "owner"
             else:
                 granted = self._roles.get((principal.name, resolution.model_id))
-                if granted is None or now - granted[0] > TTL_S:
+                if granted is None:
                     return None
-                role = granted[1]
-                due = due or now - granted[0] > REFRESH_AFTER_S
+                age = max(age, now - fresh_since(granted[0], granted[1]))
+                if age > TTL_S:
+                    return None
+                role = granted[2]
         acl.decide(principal, resolution.model, role, "infer")
-        return resolution, due
+        return resolution, age > REFRESH_AFTER_S
 
     def route(
         self, principal: Principal, ref_text: str, action: acl.Action = "infer", *, max_age: float = TTL_S
     ) -> Resolution:
         """Resolve ``ref_text`` (may read the database: call off the event loop on a cache miss); cached
-        answers older than ``max_age`` are looked up again (``REFRESH_AFTER_S`` for a refresh)."""
+        answers older than ``max_age`` are looked up again (``REFRESH_AFTER_S`` for a refresh), unless
+        the change counter, read first, says nothing changed since."""
         parse_ref(ref_text)  # validate before the text becomes a cache key
-        now = time.monotonic()
         with self._lock:
             hit = self._cache.get(ref_text)
-        if hit is None or now - hit[0] > max_age:
-            resolution = self._lookup(principal, ref_text)
+        if hit is not None and not self._fresh(hit[0], hit[1], max_age):
+            hit = None
+        if hit is None:
+            now = time.monotonic()
+            counter, resolution = self._lookup(principal, ref_text)
             with self._lock:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
-                self._cache[ref_text] = (now, resolution)
+                self._cache[ref_text] = (now, counter, resolution)
         else:
-            resolution = hit[1]
-        role = self._role(principal, resolution.model_id, now, max_age)
+            resolution = hit[2]
+        role = self._role(principal, resolution.model_id, max_age)
         acl.decide(principal, resolution.model, role, action)
         return resolution
 
@@ -138,17 +150,27 @@ class Router:
             with self._lock:
                 hit = self._cache.pop(ref_text, None)
                 if hit is not None:
-                    self._roles.pop((principal.name, hit[1].model_id), None)
+                    self._roles.pop((principal.name, hit[2].model_id), None)
             raise
 
     def resolve(self, principal: Principal, ref_text: str, action: acl.Action = "infer") -> Target:
         """One target for ``ref_text`` (a weighted pick when the model splits traffic)."""
         return self.route(principal, ref_text, action).pick()
 
+    def _fresh(self, looked_up_at: float, counter: int, max_age: float) -> bool:
+        """Whether an entry is at most ``max_age`` old; past it, the change counter is read (once per
+        process for every entry, ``changes.CHECK_EVERY_S``) and may prove it still current."""
+        if time.monotonic() - self.watch.fresh_since(looked_up_at, counter) <= max_age:
+            return True
+        self.watch.check()
+        return time.monotonic() - self.watch.fresh_since(looked_up_at, counter) <= max_age
+
     # -- database lookups -------------------------------------------------------------------------
-    def _lookup(self, principal: Principal, ref_text: str) -> Resolution:
+    def _lookup(self, principal: Principal, ref_text: str) -> tuple[int, Resolution]:
+        """The change counter (read first) and the answer."""
         ref = parse_ref(ref_text)
         with self.db.read() as s:
+            counter = changes.read(s)
             model = load_model(s, ref.name)
             if acl.role_of(s, principal, model) is None:
                 raise ModelNotFound(name=ref.name)  # before saying anything about its versions
@@ -157,8 +179,8 @@ class Router:
             if ref.version is None and ref.alias is None and config is not None:
                 split = self._split(s, model, config)
                 if split is not None:
-                    return split
-            return Resolution(targets=(self._exact(s, ref, device),), weights=(1.0,))
+                    return counter, split
+            return counter, Resolution(targets=(self._exact(s, ref, device),), weights=(1.0,))
 
     def _exact(self, s: Session, ref: ModelRef, device: Device) -> Target:
         model, version = versions.resolve(s, ref)
@@ -200,7 +222,7 @@ class Router:
             device=device,
         )
 
-    def _role(self, principal: Principal, model_id: int, now: float, max_age: float = TTL_S) -> str | None:
+    def _role(self, principal: Principal, model_id: int, max_age: float = TTL_S) -> str | None:
         """The role a permission row grants (cached per principal name; the key's scope is applied by
         ``acl.decide`` on every request, so keys of one principal with different scopes share it)."""
         if principal.role == "admin":
@@ -208,14 +230,16 @@ class Router:
         key = (principal.name, model_id)
         with self._lock:
             hit = self._roles.get(key)
-        if hit is not None and now - hit[0] <= max_age:
-            return hit[1]
+        if hit is not None and self._fresh(hit[0], hit[1], max_age):
+            return hit[2]
+        now = time.monotonic()
         with self.db.read() as s:
+            counter = changes.read(s)
             role = acl.granted_role(s, principal.name, model_id)
         with self._lock:
             if len(self._roles) > 100_000:
                 self._roles.clear()
-            self._roles[key] = (now, role)
+            self._roles[key] = (now, counter, role)
         return role
 
     def forget(self) -> None:

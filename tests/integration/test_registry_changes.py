@@ -1,0 +1,110 @@
+"""The registry's change counter (``registry/changes.py``): the database bumps it on every write to the
+tables serving caches, whoever writes (the API, or plain SQL from another tool), and a failed write
+leaves it alone. Runs on SQLite and, under ``make pytest-postgres``, on PostgreSQL's triggers."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from modelport.registry import changes
+from tests.conftest import PG_URL, TrainedMnist, member_key, upload
+
+
+def counter(app: Any) -> int:
+    with app.state.ctx.db.read() as s:
+        return changes.read(s)
+
+
+@pytest.fixture
+async def filled(app: Any, client: httpx.AsyncClient, mnist_model: TrainedMnist) -> Any:
+    """A row in every tracked table, each written through the API; the counter rises at each step."""
+    seen = [counter(app)]
+    assert (await upload(client, "counted", mnist_model.onnx_path, mnist_model.manifest)).status_code == 201
+    seen.append(counter(app))
+    await member_key(client, "someone")
+    seen.append(counter(app))
+    steps = [
+        client.put("/v1/models/counted/permissions/someone", json={"role": "reader"}),
+        client.put("/v1/models/counted/aliases/production", json={"version": 1}),
+        client.put("/v1/models/counted/deployment", json={"routes": [{"version": 1, "weight": 1}]}),
+    ]
+    for step in steps:
+        r = await step
+        assert r.status_code in (200, 201), r.text
+        seen.append(counter(app))
+    assert all(a < b for a, b in itertools.pairwise(seen)), seen
+    return app
+
+
+@pytest.mark.parametrize("table", changes.TRACKED)
+def test_plain_sql_on_every_tracked_table_bumps_the_counter(filled: Any, table: str) -> None:
+    db = filled.state.ctx.db
+    with db.read() as s:
+        assert s.scalar(text(f"SELECT count(*) FROM {table}")), f"the fixture left {table} empty"
+    before = counter(filled)
+    with db.write() as s:  # as an operator's SQL would: no ORM, no Modelport code
+        s.execute(text(f"UPDATE {table} SET {_column(table)} = {_column(table)}"))
+    assert counter(filled) > before
+    if table == "versions":  # the one reference without ON DELETE CASCADE
+        with db.write() as s:
+            s.execute(text("DELETE FROM aliases"))
+    before = counter(filled)
+    with db.write() as s:
+        s.execute(text(f"DELETE FROM {table}"))
+    assert counter(filled) > before
+
+
+def test_a_rolled_back_write_leaves_the_counter_alone(filled: Any) -> None:
+    db = filled.state.ctx.db
+    before = counter(filled)
+
+    def abandoned() -> None:
+        with db.write() as s:
+            s.execute(text("UPDATE models SET description = 'changed'"))
+            raise RuntimeError("abandoned")
+
+    with pytest.raises(RuntimeError, match="abandoned"):
+        abandoned()
+    assert counter(filled) == before
+    with db.read() as s:
+        assert s.scalar(text("SELECT description FROM models")) != "changed"
+
+
+@pytest.mark.skipif(not PG_URL, reason="SQLite serializes writers: none waits for another's rows")
+def test_writers_that_wait_for_each_others_rows_do_not_deadlock_on_the_counter(filled: Any) -> None:
+    """Each writer bumps the counter at its commit, so none holds the counter's lock while it waits for
+    a row (with the bump at each statement, this interleaving deadlocked)."""
+    engine = filled.state.ctx.db.write_engine
+    before = counter(filled)
+    failed: list[BaseException] = []
+    with engine.connect() as first, engine.connect() as second:
+        first.execute(text("SELECT id FROM models FOR UPDATE"))  # as an upload locks its model
+        second.execute(text("UPDATE aliases SET version_id = version_id"))  # a tracked write first
+
+        def then_the_model() -> None:
+            try:
+                second.execute(text("UPDATE models SET description = 'second'"))  # waits for `first`
+                second.commit()
+            except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+                failed.append(e)
+
+        waiting = threading.Thread(target=then_the_model)
+        waiting.start()
+        time.sleep(0.3)
+        first.execute(text("UPDATE models SET next_version = next_version"))  # a tracked write while waited on
+        first.commit()
+        waiting.join(timeout=10)
+    assert not waiting.is_alive() and not failed, failed
+    assert counter(filled) >= before + 2
+
+
+def _column(table: str) -> str:
+    """A column every tracked table has, to update to itself."""
+    return {"deployments": "model_id", "api_keys": "id"}.get(table, "id")
