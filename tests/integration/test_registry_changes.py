@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from modelport.registry import changes
+from modelport.registry.tables import Model
 from tests.conftest import PG_URL, TrainedMnist, member_key, upload
 
 
@@ -75,6 +76,38 @@ def test_a_rolled_back_write_leaves_the_counter_alone(filled: Any) -> None:
     assert counter(filled) == before
     with db.read() as s:
         assert s.scalar(text("SELECT description FROM models")) != "changed"
+
+
+def test_a_start_puts_back_a_lost_trigger_and_row(app: Any) -> None:
+    """A restore or a hand-made schema may lack them; an answer kept by a counter that no longer moves
+    would outlive a revocation."""
+    db = app.state.ctx.db
+    dialect = "sqlite" if db.is_sqlite else "postgresql"
+    lost = changes.trigger_names(dialect)[0]  # models, on insert (SQLite) / every row change (PostgreSQL)
+    with db.write() as s:
+        s.execute(text(f"DROP TRIGGER {lost}" if db.is_sqlite else f"DROP TRIGGER {lost} ON models"))
+        s.execute(text("DELETE FROM registry_changes"))
+    with db.write_engine.connect() as conn:
+        assert set(changes.missing(conn)) == {lost, "row"}
+    db.migrate()  # what every start runs
+    with db.write_engine.connect() as conn:
+        assert changes.missing(conn) == []
+    before = counter(app)
+    with db.write() as s:
+        s.add(Model(name="restored", owner="admin"))
+    assert counter(app) > before
+
+
+def test_a_counter_that_cannot_be_read_confirms_nothing(app: Any) -> None:
+    db = app.state.ctx.db
+    watch = changes.ChangeWatch(db)
+    with db.write() as s:
+        s.execute(text("DELETE FROM registry_changes"))
+    with db.read() as s:
+        looked_up_under = changes.read(s)
+    watch.check()
+    assert watch.state[0] != looked_up_under  # so an answer is only as fresh as its own lookup
+    assert watch.fresh_since(looked_up_at=5.0, counter=looked_up_under) == 5.0
 
 
 @pytest.mark.skipif(not PG_URL, reason="SQLite serializes writers: none waits for another's rows")

@@ -18,16 +18,24 @@ Why this is safe:
   had been committed at ``t``; so an answer recorded under ``n`` is as fresh as ``t``.
 
 The counter is a row, not a sequence: a sequence's value is taken before the commit, so a reader could
-see it ahead of the change it stands for.
+see it ahead of the change it stands for. On PostgreSQL the triggers are deferred to the commit, so
+the row's lock is the last one a writer takes (taken mid-transaction, two writers each waiting for a
+row the other held deadlocked).
+
+Every start checks that the row and every trigger are there and puts back what is missing
+(``ensure``): a restore, a hand-made schema or a later SQLite table rebuild may have lost them, and an
+answer kept by a counter that no longer moves would outlive a revocation. A counter that cannot be
+read (its row deleted while serving) confirms nothing: the caches fall back to their one-second life.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select, text
 from sqlalchemy.orm import Session
 
 from modelport.registry.tables import RegistryChanges
@@ -41,9 +49,84 @@ CHECK_EVERY_S = 0.1
 """A read of the counter this recent is reused by every cache that asks (one query per process)."""
 
 
+BUMP = "UPDATE registry_changes SET counter = counter + 1 WHERE id = 1"
+_unreadable = itertools.count(-2, -1)
+"""Values for a counter that is not there: each differs from every other, so none confirms an answer."""
+
+
 def read(session: Session) -> int:
     """The counter as this session sees it; read it first in a lookup (see the module docstring)."""
-    return session.scalar(select(RegistryChanges.counter).where(RegistryChanges.id == 1)) or 0
+    counter = session.scalar(select(RegistryChanges.counter).where(RegistryChanges.id == 1))
+    return next(_unreadable) if counter is None else counter
+
+
+def trigger_names(dialect: str) -> list[str]:
+    if dialect == "sqlite":
+        return [f"registry_changes_{t}_{e}" for t in TRACKED for e in ("insert", "update", "delete")]
+    return [f"registry_changes_{t}{suffix}" for t in TRACKED for suffix in ("", "_truncate")]
+
+
+def install(conn: Connection, tables: tuple[str, ...] = TRACKED) -> None:
+    """(Re)create the counter's row and the triggers on ``tables`` (idempotent; migration 0006 and
+    ``ensure`` call it)."""
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        conn.execute(text("INSERT OR IGNORE INTO registry_changes (id, counter) VALUES (1, 0)"))
+        for table in tables:
+            for event in ("INSERT", "UPDATE", "DELETE"):
+                name = f"registry_changes_{table}_{event.lower()}"
+                conn.execute(text(f"DROP TRIGGER IF EXISTS {name}"))
+                conn.execute(text(f"CREATE TRIGGER {name} AFTER {event} ON {table} BEGIN {BUMP}; END"))
+        return
+    conn.execute(text("INSERT INTO registry_changes (id, counter) VALUES (1, 0) ON CONFLICT (id) DO NOTHING"))
+    conn.execute(
+        text(
+            "CREATE OR REPLACE FUNCTION registry_changes_bump() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN {BUMP}; RETURN NULL; END $$"
+        )
+    )
+    for table in tables:
+        conn.execute(text(f"DROP TRIGGER IF EXISTS registry_changes_{table} ON {table}"))
+        conn.execute(
+            text(
+                f"CREATE CONSTRAINT TRIGGER registry_changes_{table} AFTER INSERT OR UPDATE OR DELETE ON {table} "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION registry_changes_bump()"
+            )
+        )
+        conn.execute(text(f"DROP TRIGGER IF EXISTS registry_changes_{table}_truncate ON {table}"))
+        conn.execute(
+            text(
+                f"CREATE TRIGGER registry_changes_{table}_truncate AFTER TRUNCATE ON {table} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION registry_changes_bump()"
+            )
+        )
+
+
+def missing(conn: Connection) -> list[str]:
+    """The triggers (and ``row``, for the counter's row) that are not there."""
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        present = set(conn.scalars(text("SELECT name FROM sqlite_master WHERE type = 'trigger'")))
+    else:
+        present = set(conn.scalars(text("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")))
+    gone = [name for name in trigger_names(dialect) if name not in present]
+    if conn.scalar(text("SELECT count(*) FROM registry_changes WHERE id = 1")) != 1:
+        gone.append("row")
+    return gone
+
+
+def ensure(conn: Connection) -> list[str]:
+    """Put back a missing row or trigger (at every start, after the migrations); returns what was
+    missing. Checking costs two catalog reads; only a damaged schema pays for the DDL, under a lock on
+    PostgreSQL so that workers starting together do not race on it."""
+    if not missing(conn):
+        return []
+    if conn.dialect.name != "sqlite":
+        conn.execute(text("SELECT pg_advisory_xact_lock(7245001)"))  # held to the commit
+    gone = missing(conn)  # again, under the lock: another worker may have just put them back
+    if gone:
+        install(conn)
+    return gone
 
 
 class ChangeWatch:

@@ -7,6 +7,7 @@ locked" when a read lock would have to be upgraded; reads use a second engine wi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -18,6 +19,9 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelport.config import Settings
+from modelport.registry import changes
+
+log = logging.getLogger(__name__)
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
@@ -72,7 +76,8 @@ class Database:
             conn.execute(text("SELECT 1"))
 
     def migrate(self) -> None:
-        """Apply every Alembic migration not yet applied (idempotent)."""
+        """Apply every Alembic migration not yet applied (idempotent), then make sure the change
+        counter's row and triggers are all there (``registry/changes.py``)."""
         cfg = Config()
         cfg.set_main_option("script_location", str(resources.files("modelport.registry") / "migrations"))
         with self.write_engine.connect() as conn:
@@ -80,6 +85,10 @@ class Database:
             command.upgrade(cfg, "head")
             if conn.in_transaction():
                 conn.commit()
+            with conn.begin():
+                gone = changes.ensure(conn)
+        if gone:
+            log.warning("registry_changes: put back what was missing: %s", ", ".join(gone))
 
     def dispose(self) -> None:
         self.write_engine.dispose()
