@@ -45,7 +45,8 @@ done = function(summary, latency, requests)
     summary.errors.timeout, summary.errors.status, latency:percentile(50), latency:percentile(99)))
 end
 """
-CELLS = {"A64": ("A", 64), "A1": ("A", 1), "B64": ("B", 64), "R64": ("R", 64)}
+CELLS = {"A64": ("A", 64), "A1": ("A", 1), "B64": ("B", 64), "R64": ("R", 64), "VA64": ("VA", 64), "VB64": ("VB", 64)}
+"""cell -> (body, connections); VA/VB are A and B as V2 infer requests (no floor: Modelport only)."""
 
 
 def free_port() -> int:
@@ -99,6 +100,8 @@ def prepare(work: Path) -> str:
     for name, n in (("A", 1), ("B", 32)):
         rows = x[:n].astype(np.float64).tolist()
         (work / f"{name}.json").write_text(json.dumps({"inputs": rows}, separators=(",", ":")))
+        tensor = {"name": "input", "shape": [n, 784], "datatype": "FP32", "data": [v for row in rows for v in row]}
+        (work / f"V{name}.json").write_text(json.dumps({"inputs": [tensor]}, separators=(",", ":")))
     (work / "R.json").write_bytes(x.tobytes())
     (work / "lua").write_text(LUA)
     return key
@@ -130,10 +133,10 @@ def measure(
     proc = subprocess.Popen(["taskset", "-c", "0", *cmd], env=env, stdout=subprocess.DEVNULL)
     try:
         wait_port(port, proc)
-        url = f"http://127.0.0.1:{port}{path}"
         results = {}
         for cell in cells:
             which, conns = CELLS[cell]
+            url = f"http://127.0.0.1:{port}{'/v2/models/mlp/infer' if which.startswith('V') else path}"
             headers = work / f"{cell}.headers"
             lines = [f"Authorization: Bearer {key}", "Content-Type: application/json"]
             if which == "R":
@@ -166,7 +169,7 @@ def main() -> None:
         floors: dict[str, dict[str, float]] = {}
         if not args.no_floor:
             for floor_cells, module, folder in (
-                ([c for c in cells if c != "R64"], "floor_orjson_app:app", ORJSON_FLOOR),
+                ([c for c in cells if c in ("A64", "A1", "B64")], "floor_orjson_app:app", ORJSON_FLOOR),
                 ([c for c in cells if c == "R64"], "floor_raw_app:app", HERE),
             ):
                 if floor_cells:

@@ -10,6 +10,7 @@ import orjson
 
 from modelport.errors import InvalidInput
 from modelport.formats.base import Tensors
+from modelport.serving.json_matrix import read_v2
 from modelport.serving.pipeline import list_depth
 from modelport.serving.protocols.native import (
     MAX_OUTPUT_BYTES,
@@ -56,7 +57,14 @@ def _numpy_to_v2(arr: np.ndarray) -> str:
 
 
 def parse_infer(body: bytes) -> tuple[Tensors, str | None, list[str] | None]:
-    """(named arrays, request id, requested output names) from a V2 infer request."""
+    """(named arrays, request id, requested output names) from a V2 infer request: float tensors with
+    flat data straight into arrays with simdjson (``json_matrix.read_v2``, which answers only where
+    its answer is this function's), anything else with orjson."""
+    fast = read_v2(body)
+    return fast if fast is not None else _parse_general(body)
+
+
+def _parse_general(body: bytes) -> tuple[Tensors, str | None, list[str] | None]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
