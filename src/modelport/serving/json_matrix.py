@@ -17,7 +17,8 @@ integer stays an integer (``JsonMatrix.parsed``).
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import orjson
@@ -47,34 +48,47 @@ cost ~26 µs of a request in the server against ~9 µs in a loop. ``read_matrix`
 event loop needs one; ``list.pop`` and ``append`` are atomic, so threads may share the pool."""
 
 
-def read_matrix(body: bytes) -> JsonMatrix | None:
-    """The body's inputs as a JsonMatrix, or None to read it the general way (orjson)."""
+_T = TypeVar("_T")
+
+
+def _pooled(body: bytes, read: Callable[[simdjson.Parser, bytes], _T | None]) -> _T | None:
+    """``read(parser, body)`` with a parser from the pool, or None to read the body the general way:
+    a byte-order mark (simdjson skips it; orjson, and JSON, refuse it), text that is not JSON, or not
+    the form ``read`` takes (simdjson's errors, or a missing key)."""
     if body.startswith(b"\xef\xbb\xbf"):
-        return None  # simdjson skips a byte-order mark, which orjson (and JSON) refuses
+        return None
     try:
         parser = _pool.pop()
     except IndexError:
         parser = simdjson.Parser()
-    matrix = _read(parser, body)  # its document is gone when it returns: the parser is free again
+    try:
+        result = read(parser, body)
+    except (ValueError, TypeError, RuntimeError, KeyError, IndexError):
+        result = None  # the error, and with it the document it held, is gone after this block
+    # its document is gone too once ``read`` returned: the parser is free again (an error not caught
+    # above leaves it out of the pool, in case its traceback still holds the document)
     if len(body) <= POOLED_BODY:
         _pool.append(parser)
-    return matrix
+    return result
+
+
+def read_matrix(body: bytes) -> JsonMatrix | None:
+    """The body's inputs as a JsonMatrix, or None to read it the general way (orjson)."""
+    return _pooled(body, _read)
 
 
 def _read(parser: simdjson.Parser, body: bytes) -> JsonMatrix | None:
-    try:
-        doc = parser.parse(body)
-        if type(doc) is not simdjson.Object or len(doc) != 1:
-            return None
-        inputs = doc.get(KEY)
-        if type(inputs) is not simdjson.Array:
-            return None
-        n = len(inputs)
-        if n == 0:
-            return None
-        values = np.frombuffer(inputs.as_buffer(of_type="d"), dtype=np.float64)  # flattens every level
-    except (ValueError, TypeError, RuntimeError):  # not JSON, or not only numbers (simdjson says which)
+    doc = parser.parse(body)
+    if type(doc) is not simdjson.Object or len(doc) != 1:
         return None
+    inputs = doc.get(KEY)
+    if type(inputs) is not simdjson.Array:
+        return None
+    n = len(inputs)
+    if n == 0:
+        return None
+    # flattens every level; raises (simdjson says why) for anything but numbers
+    values = np.frombuffer(inputs.as_buffer(of_type="d"), dtype=np.float64)
     arrays = body.count(b"[")  # no string can hold one: the only key is "inputs", the values are numbers
     if arrays == 1:  # one example: a flat list of numbers
         return JsonMatrix(values, body)
@@ -118,19 +132,9 @@ def read_v2(body: bytes) -> V2Request | None:
     input exactly ``name``/``shape``/``datatype``/``data`` with a float datatype, no duplicate key,
     ``data`` one flat array of numbers (checked by counting the body's brackets against the ones its
     strings and shapes account for)."""
-    if b"\\" in body or body.startswith(b"\xef\xbb\xbf"):
+    if b"\\" in body:
         return None
-    try:
-        parser = _pool.pop()
-    except IndexError:
-        parser = simdjson.Parser()
-    try:
-        request = _read_v2(parser, body)
-    except (ValueError, TypeError, RuntimeError, KeyError, IndexError):  # not JSON, or not this form
-        return None  # (the parser is dropped: a traceback may still hold its document)
-    if len(body) <= POOLED_BODY:
-        _pool.append(parser)
-    return request
+    return _pooled(body, _read_v2)
 
 
 def _read_v2(parser: simdjson.Parser, body: bytes) -> V2Request | None:
