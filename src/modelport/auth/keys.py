@@ -375,7 +375,7 @@ class KeyAuthenticator:
         digest = hash_key(key)
         with self._lock:
             hit = self._cache.get(digest)
-        if hit is not None and not self._fresh(hit, max_age):
+        if hit is not None and not self.watch.fresh(hit[0], hit[1], max_age):
             hit = None
         if hit is None:
             hit = (time.monotonic(), *self._lookup(digest))
@@ -386,13 +386,6 @@ class KeyAuthenticator:
             if key in self._recent:
                 self._recent[key] = hit  # the hot path's view: a refresh (or a revocation) is seen at once
         return _verdict(hit)
-
-    def _fresh(self, hit: _Hit, max_age: float) -> bool:
-        """Whether an answer is at most ``max_age`` old, reading the change counter if it is not yet."""
-        if time.monotonic() - self.watch.fresh_since(hit[0], hit[1]) <= max_age:
-            return True
-        self.watch.check()
-        return time.monotonic() - self.watch.fresh_since(hit[0], hit[1]) <= max_age
 
     def _lookup(self, digest: str) -> tuple[int, Principal | None, datetime | None]:
         """The change counter (read first) and the answer."""

@@ -145,6 +145,14 @@ class ChangeWatch:
         seen, read_at = self.state
         return read_at if counter == seen and read_at > looked_up_at else looked_up_at
 
+    def fresh(self, looked_up_at: float, counter: int, max_age: float) -> bool:
+        """Whether an answer is at most ``max_age`` old; past it, the counter is read (``check``: from a
+        worker thread) and may prove it still current."""
+        if time.monotonic() - self.fresh_since(looked_up_at, counter) <= max_age:
+            return True
+        self.check()
+        return time.monotonic() - self.fresh_since(looked_up_at, counter) <= max_age
+
     def check(self) -> None:
         """Read the counter (in a worker thread: it queries the database), unless a read that started
         within ``CHECK_EVERY_S`` already did; callers that arrive meanwhile wait for it and share it."""

@@ -124,7 +124,7 @@ class Router:
         parse_ref(ref_text)  # validate before the text becomes a cache key
         with self._lock:
             hit = self._cache.get(ref_text)
-        if hit is not None and not self._fresh(hit[0], hit[1], max_age):
+        if hit is not None and not self.watch.fresh(hit[0], hit[1], max_age):
             hit = None
         if hit is None:
             now = time.monotonic()
@@ -156,14 +156,6 @@ class Router:
     def resolve(self, principal: Principal, ref_text: str, action: acl.Action = "infer") -> Target:
         """One target for ``ref_text`` (a weighted pick when the model splits traffic)."""
         return self.route(principal, ref_text, action).pick()
-
-    def _fresh(self, looked_up_at: float, counter: int, max_age: float) -> bool:
-        """Whether an entry is at most ``max_age`` old; past it, the change counter is read (once per
-        process for every entry, ``changes.CHECK_EVERY_S``) and may prove it still current."""
-        if time.monotonic() - self.watch.fresh_since(looked_up_at, counter) <= max_age:
-            return True
-        self.watch.check()
-        return time.monotonic() - self.watch.fresh_since(looked_up_at, counter) <= max_age
 
     # -- database lookups -------------------------------------------------------------------------
     def _lookup(self, principal: Principal, ref_text: str) -> tuple[int, Resolution]:
@@ -230,7 +222,7 @@ class Router:
         key = (principal.name, model_id)
         with self._lock:
             hit = self._roles.get(key)
-        if hit is not None and self._fresh(hit[0], hit[1], max_age):
+        if hit is not None and self.watch.fresh(hit[0], hit[1], max_age):
             return hit[2]
         now = time.monotonic()
         with self.db.read() as s:
