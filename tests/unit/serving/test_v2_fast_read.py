@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from modelport.errors import InvalidInput
 from modelport.serving.json_matrix import read_v2
 from modelport.serving.protocols import v2
+from tests.unit.serving.test_json_matrix import mutate
 
 numbers = st.integers(min_value=-(2**64), max_value=2**64) | st.floats(allow_nan=False, allow_infinity=False)
 leaves = numbers | st.none() | st.booleans() | st.text(max_size=3)
@@ -57,14 +58,6 @@ def v2_bodies(draw: st.DrawFn) -> bytes:
     if draw(st.booleans()) and draw(st.booleans()):
         body["parameters"] = {"a": [1]}
     return json.dumps(body, ensure_ascii=draw(st.booleans())).encode()  # orjson stops at 64-bit integers
-
-
-def mutate(body: bytes, edits: list[tuple[int, int]]) -> bytes:
-    data = bytearray(body)
-    for at, byte in edits:
-        if data:
-            data[at % len(data)] = byte
-    return bytes(data)
 
 
 def general(body: bytes) -> tuple[Any, ...] | str:
