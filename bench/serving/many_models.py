@@ -1,15 +1,17 @@
 """RSW-1 with many models: request A spread over 20 copies of the MLP, against the same server serving
 one, then again with a memory budget that fits only 5 of them (expected: slower, never failing).
 
-    .venv/bin/python bench/serving/many_models.py [--work /tmp/serving-bench] [--seconds 10]
+    .venv/bin/python bench/serving/many_models.py [--work /tmp/serving-bench] [--seconds 10] [--json OUT]
 
-Needs the harness's model and bodies (run bench/serving/run.sh once, or its train.py/make_bodies.py).
+Needs the harness's model and bodies (run bench/serving/run.sh once, or its train.py/make_bodies.py);
+run.sh runs it after the harness and report.py checks its two floors from ``--json``'s file.
 Server pinned to core 0, wrk to core 1, 64 connections, as in RSW-1.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -77,10 +79,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def batch_totals(port: int) -> tuple[float, float]:
+    """Examples and model calls so far, over every model (the batch-size histograms' sums and counts)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=60).text
+    examples = sum(float(v) for v in re.findall(r"^modelport_batch_size_sum\{[^}]*\} (\S+)$", text, re.M))
+    calls = sum(float(v) for v in re.findall(r"^modelport_batch_size_count\{[^}]*\} (\S+)$", text, re.M))
+    return examples, calls
+
+
 def wrk(port: int, models: int, body: Path, seconds: int, script: Path, pid: int) -> dict[str, float]:
-    """wrk's figures, and the server's CPU time per answered request (less noisy than req/s when
-    something else steals the server's core now and then)."""
+    """wrk's figures, the server's CPU time per answered request (less noisy than req/s when
+    something else steals the server's core now and then), and the examples per model call."""
     env = {**os.environ, "BODY_FILE": str(body), "MODELS": str(models), "KEY": KEY}
+    examples_before, calls_before = batch_totals(port)
     cpu_before = cpu_seconds(pid)
     out = subprocess.run(
         [
@@ -102,8 +113,11 @@ def wrk(port: int, models: int, body: Path, seconds: int, script: Path, pid: int
         check=True,
     ).stdout
     cpu = cpu_seconds(pid) - cpu_before
+    examples, calls = batch_totals(port)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)$", out, re.M)
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)$", out, re.M)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: .*", out)
     return {
@@ -111,7 +125,17 @@ def wrk(port: int, models: int, body: Path, seconds: int, script: Path, pid: int
         "cpu_us": cpu / max(requests, 1) * 1e6,
         "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
         "socket_errors": 1.0 if errors else 0.0,
+        "per_call": (examples - examples_before) / max(calls - calls_before, 1.0),
+        "p50_ms": _ms(p50),
+        "p99_ms": _ms(p99),
     }
+
+
+def _ms(match: re.Match[str] | None) -> float:
+    """A wrk latency figure ("812.00us", "5.01ms", "1.20s") in milliseconds."""
+    if match is None:
+        return float("nan")
+    return float(match.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[match.group(2)]
 
 
 def main() -> None:
@@ -119,6 +143,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("WORK", "/tmp/serving-bench")))
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--models", type=int, default=20)
+    parser.add_argument("--json", type=Path, help="also write the figures here (report.py reads them)")
     args = parser.parse_args()
     onnx = (args.work / "models" / "mlp.onnx").read_bytes()
     body = args.work / "bodies" / "inputs_A.json"
@@ -151,18 +176,33 @@ def main() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     one = results["1 model"]["rps"]
     one_cpu = results["1 model"]["cpu_us"]
-    print("| setting | req/s | vs 1 model | server CPU us/request | vs 1 model | non-2xx | socket errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| setting | req/s | vs 1 model | CPU us/request | vs 1 model | examples/call | p50 / p99 ms | non-2xx "
+        "| socket errors |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, r in results.items():
         print(
             f"| {label} | {r['rps']:,.0f} | {r['rps'] / one:.2f} | {r['cpu_us']:.0f} | {one_cpu / r['cpu_us']:.2f} "
-            f"| {r['non2xx']:.0f} | {r['socket_errors']:.0f} |"
+            f"| {r['per_call']:.2f} | {r['p50_ms']:.2f} / {r['p99_ms']:.2f} | {r['non2xx']:.0f} "
+            f"| {r['socket_errors']:.0f} |"
         )
     print(f"\nloaded at the end with the budget: {loaded} versions (budget {budget} bytes)")
     many = results[f"{args.models} models"]["rps"]
     budget_run = results[f"{args.models} models, budget fits 5"]
     print(f"floor: {args.models} models within 20% of one: {'PASS' if many >= 0.8 * one else 'FAIL'}")
-    print(f"floor: budget run has no failed request: {'PASS' if budget_run['non2xx'] == 0 else 'FAIL'}")
+    failed = budget_run["non2xx"] + budget_run["socket_errors"]
+    print(f"floor: budget run has no failed request: {'PASS' if failed == 0 else 'FAIL'}")
+    if args.json is not None:
+        figures = {
+            "models": args.models,
+            "budget_bytes": budget,
+            "loaded_with_budget": loaded,
+            "one": results["1 model"],
+            "many": results[f"{args.models} models"],
+            "budget": budget_run,
+        }
+        args.json.write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
     python bench/serving/report.py RESULTS_DIR [PEER_RESULTS_DIR]
 
-Floors and Modelport come from RESULTS_DIR (one run). Peers come from RESULTS_DIR when they ran in the
+Floors and Modelport come from RESULTS_DIR (one run), the 20-model floors from its many_models.json
+(``many_models.py --json``, which run.sh runs after the harness). Peers come from RESULTS_DIR when they ran in the
 same run, else from PEER_RESULTS_DIR (the shared harness's published run on this machine kind), and the
 table says which.
 """
@@ -71,7 +72,27 @@ def check(name: str, value: float, bound: float, ok: bool) -> bool:
     return ok
 
 
-def floors(results: dict[str, tuple[dict[str, Any], str]]) -> bool:
+def many_models_rows(run_dir: Path) -> list[tuple[str, float, float, bool] | str]:
+    """The two floors of ``many_models.py`` (run.sh writes its figures beside the harness's)."""
+    path = run_dir / "many_models.json"
+    if not path.exists():
+        return ["20 models (many_models.py did not run)"]
+    data = json.loads(path.read_text())
+    one, many, budget = data["one"], data["many"], data["budget"]
+    n = data["models"]
+    failed = budget["non2xx"] + budget["socket_errors"]
+    return [
+        (
+            f"{n} models A@64 req/s >= 80% of one model's",
+            many["rps"],
+            0.8 * one["rps"],
+            many["rps"] >= 0.8 * one["rps"],
+        ),
+        (f"{n} models, budget fits 5: failed requests", failed, 0, failed == 0),
+    ]
+
+
+def floors(results: dict[str, tuple[dict[str, Any], str]], run_dir: Path) -> bool:
     get = lambda n: results.get(n, ({}, ""))[0] or None  # noqa: E731
     mp, mp_raw, orj, raw_floor = get("modelport"), get("modelport_raw"), get("floor_orjson"), get("floor_raw")
     best_a = max((cell(get(p), "A", 64, clean=True) or {"rps": 0})["rps"] for p in PEERS)
@@ -119,6 +140,7 @@ def floors(results: dict[str, tuple[dict[str, Any], str]]) -> bool:
         )
     else:
         rows.append("A@1 (modelport or floor_orjson did not run)")
+    rows += many_models_rows(run_dir)
     ok = True
     for row in rows:
         if isinstance(row, str):
@@ -140,7 +162,7 @@ def main() -> None:
         elif name in PEERS and peer_dir is not None and (published := load(peer_dir, name)) is not None:
             results[name] = (published, f"published {peer_dir.name}")
     table(results)
-    verdict = floors(results)
+    verdict = floors(results, run_dir)
     print(f"\nall floors hold: {verdict}")
 
 

@@ -3,6 +3,8 @@
 #   bench/serving/run.sh                              floors + Modelport (JSON, raw, V2)
 #   SYSTEMS="floor floor_orjson modelport modelport_raw modelport_v2 torchserve_batch mlserver_batch" bench/serving/run.sh
 #   SYSTEMS="" PEERS=all bench/serving/run.sh        every peer of the shared harness too (~40 min)
+# Then many_models.py (20 models; a memory budget that fits 5; MANY_MODELS=0 skips it), and report.py
+# prints the table and every floor of issue 5.
 # The shared harness (../shared/bench/serving) is copied to $WORK/h/bench/serving and patched there (per-body
 # request headers, Modelport's answer shape); Modelport runs from this checkout's .venv.
 set -euo pipefail
@@ -36,4 +38,11 @@ PY
 )
 (cd "$H" && ./setup.sh $NEEDED)
 (cd "$H" && sed -i 's|^./setup.sh$|true  # venvs built by bench/serving/run.sh|' run_all.sh && ./run_all.sh)
+# the 20-model floors (MANY_MODELS=0 skips them), under the harness's CPU lock like its own timed runs
+if [ "${MANY_MODELS:-1}" = 1 ]; then
+  flock "${LOCK:-${TMPDIR:-/tmp}/serving-bench/cpu.lock}" "$REPO/.venv/bin/python" "$HERE/many_models.py" \
+    --work "$WORK" --json "$RESULTS_DIR/many_models.json" | tee "$RESULTS_DIR/many_models.log"
+else
+  rm -f "$RESULTS_DIR/many_models.json"
+fi
 "$REPO/.venv/bin/python" "$HERE/report.py" "$RESULTS_DIR" "$SHARED/results-2026-11-28" | tee "$RESULTS_DIR/MODELPORT.md"

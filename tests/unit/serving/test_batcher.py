@@ -11,7 +11,7 @@ import pytest
 
 from modelport.errors import TooManyRequests, Unavailable
 from modelport.formats.base import Tensors
-from modelport.serving.batcher import Arrivals, Batcher
+from modelport.serving.batcher import GATHER_TURNS, Arrivals, Batcher
 
 
 class Recorder:
@@ -137,6 +137,43 @@ async def test_a_cheap_model_gathers_the_requests_that_arrive_together() -> None
         np.testing.assert_array_equal(result["y"], np.full((1 + i % 3, 3), 2.0 * i))
     assert arrivals.coming == 0 and not b.busy
     assert (await b(batch(5.0)))["y"][0, 0] == 10.0 and model.calls[-1] == 1  # alone: at once, by itself
+
+
+async def test_a_lone_gathered_request_waits_for_the_ones_on_their_way() -> None:
+    """Many models on one loop: a turn's arrivals spread thin, so a model's gathered call often holds
+    one request. While more are on their way it waits (up to GATHER_TURNS turns) and answers them in
+    the same call."""
+    model, arrivals = Recorder(), Arrivals()
+    b = Batcher(model, max_batch=64, inline_below_s=1.0, arrivals=arrivals)
+    await _warm(b)
+    arrivals.coming += 2  # two requests read from the sockets; the second starts two turns later
+    first = asyncio.ensure_future(_arriving(arrivals, b, batch(1.0)))
+    await asyncio.sleep(0)  # the first starts and gathers
+    await asyncio.sleep(0)  # its call is due: alone, with one on its way, it waits
+    second = asyncio.ensure_future(_arriving(arrivals, b, batch(2.0)))
+    results = await asyncio.gather(first, second)
+    assert model.calls[1:] == [2]  # one call answered both
+    assert [float(r["y"][0, 0]) for r in results] == [2.0, 4.0]
+    assert arrivals.coming == 0 and not b.busy
+
+
+async def test_a_gathered_request_waits_at_most_gather_turns() -> None:
+    """A count of requests on their way that never arrive (or go to other models) delays a lone
+    request by GATHER_TURNS turns of the loop, no more."""
+    model, arrivals = Recorder(), Arrivals()
+    b = Batcher(model, max_batch=64, inline_below_s=1.0, arrivals=arrivals)
+    await _warm(b)
+    arrivals.coming = 1000  # requests for other models, started by other tasks
+    answer = asyncio.ensure_future(b(batch(3.0)))
+    turns = 0
+    while not answer.done() and turns < 50:
+        await asyncio.sleep(0)
+        turns += 1
+    assert answer.done(), "the lone request kept waiting"
+    assert answer.result()["y"][0, 0] == 6.0 and model.calls[1:] == [1]
+    assert turns <= GATHER_TURNS + 3  # the start (which gathers), the waits, the call, the answer back
+    arrivals.coming = 0
+    assert not b.busy
 
 
 async def test_gathered_calls_keep_their_limits_and_isolate_a_failure() -> None:
