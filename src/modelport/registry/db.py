@@ -91,6 +91,19 @@ class Database:
             log.warning("registry_changes: put back what was missing: %s", ", ".join(gone))
 
     def dispose(self) -> None:
-        self.write_engine.dispose()
-        if self.read_engine is not self.write_engine:
-            self.read_engine.dispose()
+        """Close the pools. A connection still checked out (a lookup finishing in a worker thread) comes
+        back to its old pool later, which nobody uses again: it is closed then, rather than left open
+        until the collector finds it (psycopg warns of that, at whatever moment the collection runs)."""
+        engines = (
+            [self.write_engine] if self.read_engine is self.write_engine else [self.write_engine, self.read_engine]
+        )
+        for engine in engines:
+            old = engine.pool
+            engine.dispose()
+            event.listen(old, "checkin", _close_returned)
+
+
+def _close_returned(dbapi_conn: Any, _record: Any) -> None:
+    """A connection checked in to a disposed pool (see ``Database.dispose``)."""
+    if dbapi_conn is not None:
+        dbapi_conn.close()
