@@ -10,7 +10,7 @@ import orjson
 
 from modelport.errors import InvalidInput
 from modelport.formats.base import Tensors
-from modelport.serving.json_matrix import read_v2
+from modelport.serving.json_matrix import V2_FLOATS, read_v2
 from modelport.serving.pipeline import list_depth
 from modelport.serving.protocols.native import (
     MAX_OUTPUT_BYTES,
@@ -22,9 +22,7 @@ from modelport.serving.service import Prediction
 from modelport.store.bundle import TensorSpec
 
 V2_TO_NUMPY: dict[str, Any] = {
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "FP16": np.float16,
+    **V2_FLOATS,  # FP32, FP64, FP16: the ones the simdjson read takes too
     "INT8": np.int8,
     "INT16": np.int16,
     "INT32": np.int32,
