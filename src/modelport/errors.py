@@ -37,6 +37,7 @@ and ``client/errors.py`` maps the JSON back to the same classes.
     ├── PayloadTooLarge                 413 "payload_too_large"
     ├── UnsupportedMediaType            415 "unsupported_media_type"
     ├── ValidationFailed                422 "validation_failed"
+    │   └── ModelFailed                 422 "model_failed"        (the model raised on valid input)
     ├── TooManyRequests                 429 "too_many_requests"
     ├── IntegrityError                  500 "integrity_error"     (a stored blob does not match its hash)
     └── Unavailable                     503 "unavailable"
@@ -346,6 +347,20 @@ class ValidationFailed(ModelportError):
 
     def __init__(self, *, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(message=message, details=details)
+
+
+class ModelFailed(ValidationFailed):
+    """The model itself raised on input that passed every check of its signature: a graph with a
+    fixed batch size inside, a reshape that fits only some inputs, a model that cannot run on its
+    device. The framework's reason goes to the caller, without paths."""
+
+    code = "model_failed"
+
+    def __init__(self, *, reason: str) -> None:
+        super().__init__(
+            message=f"the model failed on this input, which matches its signature ({reason})",
+            details={"reason": reason},
+        )
 
 
 class TooManyRequests(ModelportError):

@@ -59,13 +59,14 @@ def inside(root: Path, candidate: Path) -> bool:
     return candidate.resolve().is_relative_to(root.resolve())
 
 
-def describe_error(exc: BaseException, bundle_dir: Path | None = None) -> str:
-    """A short, path-free description of a third-party exception, safe to show to the uploader.
+def describe_error(exc: BaseException, bundle_dir: Path | None = None, *, text: str | None = None) -> str:
+    """A short, path-free description of a third-party exception (or of ``text``, its message as the
+    caller read it), safe to show to the uploader.
 
     Framework errors often embed the absolute file name (and site-packages paths in tracebacks);
     the bundle directory is stripped and any other absolute path becomes ``<path>``.
     """
-    text = str(exc) or type(exc).__name__
+    text = (str(exc) if text is None else text) or type(exc).__name__
     if bundle_dir is not None:
         for root in {str(bundle_dir), str(bundle_dir.resolve())}:
             text = text.replace(root + os.sep, "").replace(root, "")

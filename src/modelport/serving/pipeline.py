@@ -8,6 +8,7 @@ signature, applies scale/shift/normalize/reshape, casts to the signature dtype a
 from __future__ import annotations
 
 import math
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,10 +16,27 @@ from typing import Any
 
 import numpy as np
 
-from modelport.errors import InvalidInput
+from modelport.errors import InvalidInput, ModelFailed, ModelportError, Unavailable
+from modelport.formats._common import describe_error
 from modelport.formats.base import Predictor, Tensors
 from modelport.serving.json_matrix import JsonMatrix
 from modelport.store.bundle import Manifest, TensorSpec
+
+_CPP_SOURCE = re.compile(r"(?:[/\\][\w.@+-]+)+\.\w+:\d+ [^\s(]+\([^)]*\)(?: const)? ")
+"""A C++ source location and function in a framework's message (onnxruntime: "/onnxruntime_src/...
+/reshape_helper.h:91 onnxruntime::ReshapeHelper::ReshapeHelper(const TensorShape&, ...) "): noise to
+the caller, and it would use up the length a reason may have."""
+
+
+def model_failed(exc: Exception) -> ModelFailed:
+    """What the caller is told when the model raised on input that passed every check: the framework's
+    own reason, without paths, C++ source locations or TorchScript's traceback (whose frames name
+    the uploader's and the server's files; the error itself is its last line)."""
+    text = str(exc).strip()
+    if "Traceback of TorchScript" in text:
+        text = re.sub(r"^\w+: ", "", text.splitlines()[-1])
+    return ModelFailed(reason=describe_error(exc, text=_CPP_SOURCE.sub("", text)))
+
 
 NUMPY_DTYPES: dict[str, Any] = {
     "float32": np.float32,
@@ -229,7 +247,14 @@ class Pipeline:
 
     # -- model and outputs ----------------------------------------------------------------------
     def run(self, arrays: Tensors) -> Tensors:
-        return self.predictor(arrays)
+        try:
+            return self.predictor(arrays)
+        except ModelportError:
+            raise
+        except MemoryError:
+            raise Unavailable(message="the server ran out of memory running the model; send fewer examples") from None
+        except Exception as exc:  # noqa: BLE001 - whatever the framework raises on input that passed our checks
+            raise model_failed(exc) from None
 
     def postprocess(self, outputs: Tensors) -> tuple[Tensors, list[Any] | None]:
         """Apply softmax/sigmoid to the primary (first) output; argmax/top-k become predictions."""

@@ -1,0 +1,113 @@
+"""A model that raises on input its signature accepts: the caller gets a 422 ``model_failed`` with the
+framework's reason (never a bare 500 "internal error"), and nothing else is lost.
+
+The model here is a real ONNX graph with a batch size of one built into it (a Reshape to ``[1, 4]``),
+which its signature, ``[-1, 4]``, does not tell: one example runs, two cannot.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from modelport.config import Settings
+from modelport.errors import ModelFailed
+from modelport.serving.pipeline import model_failed
+from tests.conftest import ADMIN_KEY, upload
+from tests.e2e.test_http_lane import _request
+from tests.e2e.test_http_wire import _connect, _responses
+from tests.security.live import served
+
+ONE = [[1.0, 2.0, 3.0, 4.0]]
+TWO = [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]
+
+
+@pytest.fixture
+def batch_of_one(tmp_path: Path) -> Path:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [1, 4])
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "one", [x], [y], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _assert_told(answer: httpx.Response) -> None:
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "model_failed"
+    assert "cannot be reshaped to the requested shape" in error["message"]
+    assert "Input shape:{2,4}" in error["details"]["reason"]
+    # onnxruntime's own message names its C++ source file and function: none of that reaches the caller
+    for noise in ("onnxruntime_src", ".h:", "ReshapeHelper::", "/", "<path>"):
+        assert noise not in error["message"], noise
+
+
+async def test_a_model_that_fails_on_valid_input_answers_422_with_its_reason(
+    client: httpx.AsyncClient, batch_of_one: Path
+) -> None:
+    assert (await upload(client, "one", batch_of_one)).status_code == 201
+    r = await client.post("/v1/models/one/predict", json={"inputs": ONE})
+    assert r.status_code == 200 and r.json()["outputs"] == ONE
+    _assert_told(await client.post("/v1/models/one/predict", json={"inputs": TWO}))
+    v2 = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [v for row in TWO for v in row]}]}
+    _assert_told(await client.post("/v2/models/one/infer", json=v2))
+    r = await client.post("/v1/models/one/predict", json={"inputs": ONE})
+    assert r.status_code == 200 and r.json()["outputs"] == ONE
+
+
+async def test_over_the_wire_requests_that_would_fail_merged_are_each_answered(
+    settings: Settings, batch_of_one: Path
+) -> None:
+    """Through the real server: the protocol lane gathers the requests that arrive in one turn of
+    the loop into one model call, which fails here for any two; each request is then run again
+    alone and answered by that call (so the model's call count is one per request). A request
+    that fails alone gets its 422."""
+    with served(settings) as url:
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
+            assert (await upload(c, "one", batch_of_one)).status_code == 201
+        socks = [_connect(url) for _ in range(24)]
+        try:
+            for wave in range(3):  # the first request of a connection goes through the ASGI edge
+                for i, sock in enumerate(socks):
+                    body = orjson.dumps({"inputs": [[float(wave), float(i), 2.0, 3.0]]})
+                    sock.sendall(_request("/v1/models/one/predict", body, ADMIN_KEY))
+                for i, sock in enumerate(socks):
+                    ((head, answer),) = _responses(sock, 1)
+                    assert head.startswith(b"HTTP/1.1 200"), answer
+                    assert orjson.loads(answer)["outputs"] == [[float(wave), float(i), 2.0, 3.0]]
+        finally:
+            for sock in socks:
+                sock.close()
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
+            _assert_told(await c.post("/v1/models/one/predict", json={"inputs": TWO}))
+            metrics = (await c.get("/metrics")).text
+        calls = re.search(r'^modelport_batch_size_count\{model="one",version="1"\} (\S+)$', metrics, re.M)
+        assert calls is not None, metrics
+        assert float(calls.group(1)) == 3 * len(socks), "every request answered by a call of its own"
+
+
+def test_a_torchscript_failure_is_told_by_its_last_line() -> None:
+    """TorchScript's message carries a traceback whose frames name the uploader's and the server's
+    files; the error itself is its last line."""
+
+    class BatchOfOne(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.view(1, 4)
+
+    module = torch.jit.script(BatchOfOne())
+    with pytest.raises(RuntimeError) as raised:
+        module(torch.zeros(2, 4))
+    assert "Traceback of TorchScript" in str(raised.value) and "File" in str(raised.value)
+    failed = model_failed(raised.value)
+    assert isinstance(failed, ModelFailed)
+    assert failed.details["reason"] == "RuntimeError: shape '[1, 4]' is invalid for input of size 8"
