@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -77,6 +78,49 @@ async def test_a_torch_model_serves_on_cuda_with_the_cpu_answers(client: httpx.A
     r = await client.post(
         "/v1/models/dev/versions", files=files, data={"manifest": json.dumps({"signature": signature})}
     )
+    assert r.status_code == 201, r.text
+    images = np.random.default_rng(0).random((64, 784), dtype=np.float32)
+    on_cpu = np.array(await _predict(client, images))
+    r = await client.put("/v1/models/dev/deployment", json={"device": "cuda"})
+    assert r.status_code == 200, r.text
+    on_gpu = np.array(await _predict(client, images))
+    np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
+    loaded = (await client.get("/v1/runtime")).json()["loaded"]
+    assert [(m["model"], m["device"]) for m in loaded] == [("dev", "cuda")]
+
+
+def test_a_session_that_fell_back_to_the_cpu_is_refused(mnist_model: TrainedMnist) -> None:
+    """onnxruntime opens a session on the CPU by itself when its CUDA provider cannot start; a model
+    meant for cuda is then refused, not served on the CPU unannounced. (A real session's providers:
+    this machine's onnxruntime opens every session on the CPU.)"""
+    session = ort.InferenceSession(str(mnist_model.onnx_path), providers=["CPUExecutionProvider"])
+    with pytest.raises(Unavailable, match="could not start its CUDA provider"):
+        devices.confirm_onnx("cuda", session.get_providers())
+    devices.confirm_onnx("cpu", session.get_providers())
+
+
+class _MakesATensor(torch.nn.Module):
+    """784 -> 10, plus a tensor made in ``forward`` (export records it as made on the CPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) + torch.arange(10, dtype=torch.float32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch)")
+async def test_an_exported_program_serves_on_cuda_with_the_cpu_answers(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(_MakesATensor().eval(), (torch.zeros(2, 784),), dynamic_shapes={"x": {0: batch}})
+    torch.export.save(program, str(tmp_path / "model.pt2"))
+    await client.post("/v1/models", json={"name": "dev"})
+    files = [("file", ("model.pt2", (tmp_path / "model.pt2").read_bytes(), "application/octet-stream"))]
+    r = await client.post("/v1/models/dev/versions", files=files)
     assert r.status_code == 201, r.text
     images = np.random.default_rng(0).random((64, 784), dtype=np.float32)
     on_cpu = np.array(await _predict(client, images))

@@ -105,6 +105,7 @@ def load(bundle_dir: Path, manifest: Manifest, device: Device = "cpu") -> OnnxPr
     folded = _dequantized_bytes(model) if weight_only else 0  # fp32 weights the session will hold
     del model  # the session re-reads the file; keep only one copy of the weights in memory
     session = _open_session(path, bundle_dir, manifest.entrypoint, weight_only=weight_only, providers=providers)
+    devices.confirm_onnx(device, session.get_providers())
     size = path.stat().st_size + sum((bundle_dir / f).stat().st_size for f in data_files)
     return OnnxPredictor(session, manifest.signature, memory_bytes=2 * size + folded)
 

@@ -1,4 +1,4 @@
-"""torch.export archives (``.pt2``, ``torch.export.save``), run on the CPU.
+"""torch.export archives (``.pt2``, ``torch.export.save``), run on the CPU or a CUDA GPU.
 
 Unlike TorchScript, an exported program records the dtype and shape of every input, with dynamic
 dimensions as symbols, so the signature is read from the program. The archive is checked by
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.export.passes import move_to_device_pass
 
 from modelport.errors import InvalidArtifact
 from modelport.formats._common import (
@@ -69,13 +70,27 @@ def inspect(bundle_dir: Path, entrypoint: str, given: ManifestInput) -> Inspecti
 
 
 def load(bundle_dir: Path, manifest: Manifest, device: Device = "cpu") -> TorchPredictor:
-    """Load the program and build its callable module (weights on the CPU)."""
+    """Load the program and build its callable module on ``device``."""
     program = _load_program(bundle_dir, manifest.entrypoint)
     weights = [*program.state_dict.values(), *program.constants.values()]
     size = sum(t.numel() * t.element_size() for t in weights if isinstance(t, torch.Tensor))
     where = devices.torch_device(device, NAME)
-    module = program.module().to(where)
-    return TorchPredictor(module, manifest.signature, memory_bytes=2 * size + (1 << 20), device=where)
+    return TorchPredictor(
+        module_on(program, where), manifest.signature, memory_bytes=2 * size + (1 << 20), device=where
+    )
+
+
+def module_on(program: torch.export.ExportedProgram, where: torch.device) -> torch.nn.Module:
+    """The program's callable module with every tensor on ``where``.
+
+    ``program.module().to(where)`` is not enough: the graph keeps the device each tensor it makes was
+    made on (``torch.ones(2)`` in ``forward`` is recorded as ``aten.ones(..., device=cpu)``), so a program
+    exported on the CPU would fail at its first call on a GPU. torch's ``move_to_device_pass`` moves
+    those too (pytorch/pytorch#121761, where ``to()`` on such a module is called unsupported).
+    """
+    if where.type != "cpu":
+        program = move_to_device_pass(program, where)
+    return program.module()
 
 
 def program_signature(program: torch.export.ExportedProgram) -> Signature:

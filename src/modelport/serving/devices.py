@@ -63,6 +63,17 @@ def onnx_providers(device: Device) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
 
 
+def confirm_onnx(device: Device, active: list[str]) -> None:
+    """Unavailable (503) unless a session opened for ``device`` really runs there (``active``: its
+    ``get_providers()``). onnxruntime falls back to the CPU by itself when its CUDA provider cannot
+    start (the CUDA runtime or cuDNN it was built for missing), with only a line in the log."""
+    if device == "cuda" and "CUDAExecutionProvider" not in active:
+        raise Unavailable(
+            message="cannot serve on cuda: onnxruntime could not start its CUDA provider (the CUDA and cuDNN "
+            "libraries its onnxruntime-gpu build needs); the server log has onnxruntime's reason"
+        )
+
+
 def torch_device(device: Device, fmt: str) -> Any:
     """The ``torch.device`` for ``device`` (checked first)."""
     import torch

@@ -245,3 +245,31 @@ def test_guards_allow_size_reads_only() -> None:
         assert _pt2_guard._expr_problem(text, guard_code=True) is None
     for text in ["L['x'].__class__", "L['x'].numpy().tofile('x')", "getattr(L, 'x')", "L['a\"b']"]:
         assert _pt2_guard._expr_problem(text, guard_code=True) is not None
+
+
+class MakesATensor(torch.nn.Module):
+    """Adds a tensor its forward makes: export records the device it was made on (the CPU here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) + torch.ones(2)
+
+
+def test_a_program_moves_to_a_device_with_the_tensors_its_graph_makes(tmp_path: Path) -> None:
+    """What ``device: cuda`` does to a program exported on the CPU, shown on the meta device (which
+    every torch build has): every tensor moves, those made inside the graph too; ``module().to()``
+    alone leaves those on the CPU and the first call fails."""
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(MakesATensor(), (torch.zeros(2, 4),), dynamic_shapes={"x": {0: batch}})
+    torch_export.save(program, tmp_path)
+    meta = torch.device("meta")
+    with pytest.raises(RuntimeError, match="device"):
+        torch.export.load(str(tmp_path / "model.pt2")).module().to(meta)(torch.zeros(3, 4, device=meta))
+    module = torch_export.module_on(torch.export.load(str(tmp_path / "model.pt2")), meta)
+    out = module(torch.zeros(3, 4, device=meta))
+    assert out.device == meta and tuple(out.shape) == (3, 2)
+    on_cpu = torch_export.module_on(torch.export.load(str(tmp_path / "model.pt2")), torch.device("cpu"))
+    torch.testing.assert_close(on_cpu(torch.ones(3, 4)), program.module()(torch.ones(3, 4)))
