@@ -45,7 +45,15 @@ done = function(summary, latency, requests)
     summary.errors.timeout, summary.errors.status, latency:percentile(50), latency:percentile(99)))
 end
 """
-CELLS = {"A64": ("A", 64), "A1": ("A", 1), "B64": ("B", 64), "R64": ("R", 64), "VA64": ("VA", 64), "VB64": ("VB", 64)}
+CELLS = {
+    "A64": ("A", 64),
+    "A1": ("A", 1),
+    "B64": ("B", 64),
+    "R16": ("R", 16),
+    "R64": ("R", 64),
+    "VA64": ("VA", 64),
+    "VB64": ("VB", 64),
+}
 """cell -> (body, connections); VA/VB are A and B as V2 infer requests (no floor: Modelport only)."""
 
 
@@ -170,7 +178,7 @@ def main() -> None:
         if not args.no_floor:
             for floor_cells, module, folder in (
                 ([c for c in cells if c in ("A64", "A1", "B64")], "floor_orjson_app:app", ORJSON_FLOOR),
-                ([c for c in cells if c == "R64"], "floor_raw_app:app", HERE),
+                ([c for c in cells if c.startswith("R")], "floor_raw_app:app", HERE),
             ):
                 if floor_cells:
                     port = free_port()
