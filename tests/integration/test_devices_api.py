@@ -31,6 +31,19 @@ async def _predict(client: httpx.AsyncClient, images: np.ndarray) -> list[list[f
     return outputs
 
 
+async def _answers_on_cuda_are_the_cpu_answers(client: httpx.AsyncClient) -> None:
+    """The uploaded model ``dev`` (784 -> 10) answers 64 images on cuda as it did on the CPU, and is
+    loaded on cuda."""
+    images = np.random.default_rng(0).random((64, 784), dtype=np.float32)
+    on_cpu = np.array(await _predict(client, images))
+    r = await client.put("/v1/models/dev/deployment", json={"device": "cuda"})
+    assert r.status_code == 200, r.text
+    on_gpu = np.array(await _predict(client, images))
+    np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
+    loaded = (await client.get("/v1/runtime")).json()["loaded"]
+    assert [(m["model"], m["device"]) for m in loaded] == [("dev", "cuda")]
+
+
 @pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")
 async def test_asking_for_cuda_without_one_is_refused_and_changes_nothing(
     client: httpx.AsyncClient, mnist_model: TrainedMnist
@@ -79,14 +92,7 @@ async def test_a_torch_model_serves_on_cuda_with_the_cpu_answers(client: httpx.A
         "/v1/models/dev/versions", files=files, data={"manifest": json.dumps({"signature": signature})}
     )
     assert r.status_code == 201, r.text
-    images = np.random.default_rng(0).random((64, 784), dtype=np.float32)
-    on_cpu = np.array(await _predict(client, images))
-    r = await client.put("/v1/models/dev/deployment", json={"device": "cuda"})
-    assert r.status_code == 200, r.text
-    on_gpu = np.array(await _predict(client, images))
-    np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
-    loaded = (await client.get("/v1/runtime")).json()["loaded"]
-    assert [(m["model"], m["device"]) for m in loaded] == [("dev", "cuda")]
+    await _answers_on_cuda_are_the_cpu_answers(client)
 
 
 def test_a_session_that_fell_back_to_the_cpu_is_refused(mnist_model: TrainedMnist) -> None:
@@ -122,11 +128,4 @@ async def test_an_exported_program_serves_on_cuda_with_the_cpu_answers(
     files = [("file", ("model.pt2", (tmp_path / "model.pt2").read_bytes(), "application/octet-stream"))]
     r = await client.post("/v1/models/dev/versions", files=files)
     assert r.status_code == 201, r.text
-    images = np.random.default_rng(0).random((64, 784), dtype=np.float32)
-    on_cpu = np.array(await _predict(client, images))
-    r = await client.put("/v1/models/dev/deployment", json={"device": "cuda"})
-    assert r.status_code == 200, r.text
-    on_gpu = np.array(await _predict(client, images))
-    np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
-    loaded = (await client.get("/v1/runtime")).json()["loaded"]
-    assert [(m["model"], m["device"]) for m in loaded] == [("dev", "cuda")]
+    await _answers_on_cuda_are_the_cpu_answers(client)
