@@ -1,14 +1,19 @@
-"""A model that raises on input its signature accepts: the caller gets a 422 ``model_failed`` with the
-framework's reason (never a bare 500 "internal error"), and nothing else is lost.
+"""Models that misbehave on input their signature accepts.
 
-The model here is a real ONNX graph with a batch size of one built into it (a Reshape to ``[1, 4]``),
-which its signature, ``[-1, 4]``, does not tell: one example runs, two cannot.
+- A model that raises: the caller gets a 422 ``model_failed`` with the framework's reason (never a
+  bare 500 "internal error"), and nothing else is lost. The model here is a real ONNX graph with a
+  batch size of one built into it (a Reshape to ``[1, 4]``), which its signature, ``[-1, 4]``, does
+  not tell: one example runs, two cannot.
+- A model whose outputs do not follow its batch (a sum over it): merged with other callers' requests
+  it would answer each with their inputs mixed in, so it is run one request at a time.
 """
 
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -28,17 +33,21 @@ ONE = [[1.0, 2.0, 3.0, 4.0]]
 TWO = [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]
 
 
-@pytest.fixture
-def batch_of_one(tmp_path: Path) -> Path:
+def _onnx(tmp_path: Path, node: Any, y_shape: list[Any], *initializers: Any) -> Path:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])
-    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [1, 4])
-    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "one", [x], [y], [shape])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)
+    graph = helper.make_graph([node], "g", [x], [y], list(initializers))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     path = tmp_path / "model.onnx"
     path.write_bytes(model.SerializeToString())
     return path
+
+
+@pytest.fixture
+def batch_of_one(tmp_path: Path) -> Path:
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [1, 4])
+    return _onnx(tmp_path, helper.make_node("Reshape", ["x", "shape"], ["y"]), ["n", 4], shape)
 
 
 def _assert_told(answer: httpx.Response) -> None:
@@ -78,13 +87,8 @@ async def test_over_the_wire_requests_that_would_fail_merged_are_each_answered(
         socks = [_connect(url) for _ in range(24)]
         try:
             for wave in range(3):  # the first request of a connection goes through the ASGI edge
-                for i, sock in enumerate(socks):
-                    body = orjson.dumps({"inputs": [[float(wave), float(i), 2.0, 3.0]]})
-                    sock.sendall(_request("/v1/models/one/predict", body, ADMIN_KEY))
-                for i, sock in enumerate(socks):
-                    ((head, answer),) = _responses(sock, 1)
-                    assert head.startswith(b"HTTP/1.1 200"), answer
-                    assert orjson.loads(answer)["outputs"] == [[float(wave), float(i), 2.0, 3.0]]
+                rows = [[float(wave), float(i), 2.0, 3.0] for i in range(len(socks))]
+                assert _at_once(socks, "one", rows) == [[row] for row in rows]
         finally:
             for sock in socks:
                 sock.close()
@@ -94,6 +98,40 @@ async def test_over_the_wire_requests_that_would_fail_merged_are_each_answered(
         calls = re.search(r'^modelport_batch_size_count\{model="one",version="1"\} (\S+)$', metrics, re.M)
         assert calls is not None, metrics
         assert float(calls.group(1)) == 3 * len(socks), "every request answered by a call of its own"
+
+
+def _at_once(socks: list[socket.socket], model: str, rows: list[list[float]]) -> list[Any]:
+    """One single-example predict per connection, all sent before any answer is read (so that the
+    server reads them in one turn of its loop); the outputs, in order (each must be a 200)."""
+    for sock, row in zip(socks, rows, strict=True):
+        sock.sendall(_request(f"/v1/models/{model}/predict", orjson.dumps({"inputs": [row]}), ADMIN_KEY))
+    outputs = []
+    for sock in socks:
+        ((head, answer),) = _responses(sock, 1)
+        assert head.startswith(b"HTTP/1.1 200"), answer
+        outputs.append(orjson.loads(answer)["outputs"])
+    return outputs
+
+
+async def test_a_model_whose_outputs_do_not_follow_the_batch_answers_each_caller_alone(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A ReduceSum over the batch (output ``[1, 4]`` for any batch): through the real server, requests
+    sent together would be merged into one call; each caller must still get its own row back, never
+    a sum with the others' inputs in it."""
+    node = helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1)
+    path = _onnx(tmp_path, node, [1, 4], helper.make_tensor("axes", TensorProto.INT64, [1], [0]))
+    with served(settings) as url:
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
+            assert (await upload(c, "sum", path)).status_code == 201
+        socks = [_connect(url) for _ in range(24)]
+        try:
+            for wave in range(4):
+                rows = [[float(wave), float(i), 2.0, 3.0] for i in range(len(socks))]
+                assert _at_once(socks, "sum", rows) == [[row] for row in rows]
+        finally:
+            for sock in socks:
+                sock.close()
 
 
 def test_a_torchscript_failure_is_told_by_its_last_line() -> None:

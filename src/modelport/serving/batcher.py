@@ -111,6 +111,9 @@ class Batcher:
         self._pending: deque[_Item] = deque()
         self._queued_rows = 0
         self._busy = False
+        self._alone = False
+        """Set by the first merged call whose outputs did not split back (``_follows``): from then on
+        every request is a call of its own."""
 
     @property
     def queue_depth(self) -> int:
@@ -199,16 +202,18 @@ class Batcher:
         return self._row_s is not None and self._row_s * rows < self.inline_below_s
 
     def _run_batch_inline(self, batch: list[_Item]) -> None:
+        outputs: Tensors | None = None
         try:
             outputs = self._timed(_merged(batch))
         except Exception as exc:  # noqa: BLE001 - isolate: one bad request must not fail its neighbours
             if len(batch) == 1:
                 _settle(batch[0].future, exc=exc)
-            else:
-                for item in batch:
-                    self._run_batch_inline([item])
+                return
+        if outputs is not None and (len(batch) == 1 or self._follows(batch, outputs)):
+            self._answer(batch, outputs)
             return
-        self._answer(batch, outputs)
+        for item in batch:  # the merged call failed, or its outputs do not split back: each alone
+            self._run_batch_inline([item])
 
     async def _run_now(self, arrays: Tensors, rows: int) -> Tensors:
         """Idle path for a model too slow to run on the loop: call it in a worker thread at once; then
@@ -278,7 +283,7 @@ class Batcher:
             if item.future.done():  # timed out while queued
                 self._queued_rows -= item.rows
                 continue
-            fits = key is None or (item.key == key and rows + item.rows <= limit)
+            fits = key is None or (not self._alone and item.key == key and rows + item.rows <= limit)
             if fits:
                 key = item.key
                 taken.append(item)
@@ -290,16 +295,29 @@ class Batcher:
         return taken
 
     async def _run_batch(self, batch: list[_Item]) -> None:
+        outputs: Tensors | None = None
         try:
             outputs = await anyio.to_thread.run_sync(self._timed, _merged(batch))
         except Exception as exc:  # noqa: BLE001 - isolate: one bad request must not fail its neighbours
             if len(batch) == 1:
                 _settle(batch[0].future, exc=exc)
-            else:
-                for item in batch:
-                    await self._run_batch([item])
+                return
+        if outputs is not None and (len(batch) == 1 or self._follows(batch, outputs)):
+            self._answer(batch, outputs)
             return
-        self._answer(batch, outputs)
+        for item in batch:  # the merged call failed, or its outputs do not split back: each alone
+            await self._run_batch([item])
+
+    def _follows(self, batch: list[_Item], outputs: Tensors) -> bool:
+        """Whether a merged call's outputs split back by rows: every output's first dimension is the
+        call's examples. A model whose outputs do not follow its batch (one row whatever the batch, a
+        sum over it) would answer each caller with a slice computed from the others' inputs, or an
+        empty one; from the first such call on, every request is a call of its own."""
+        rows = sum(item.rows for item in batch)
+        if all(np.ndim(out) > 0 and len(out) == rows for out in outputs.values()):
+            return True
+        self._alone = True
+        return False
 
     def _answer(self, batch: list[_Item], outputs: Tensors) -> None:
         """Count the call and hand each request its rows of ``outputs``."""

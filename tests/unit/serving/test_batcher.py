@@ -208,3 +208,41 @@ async def test_a_large_request_is_not_gathered_and_runs_in_the_worker_thread() -
     assert model.calls[1:] == [2, 200]  # the two small ones in one call on the loop
     assert ran_in.count(loop_thread) == len(ran_in) - 1  # only the large one ran off the loop
     assert not b.busy
+
+
+class BatchSum:
+    """A real model whose output does not follow its batch: one row, the sum over the batch (as a
+    graph that reduces over axis 0 would give). Records the batch sizes it saw."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls: list[int] = []
+        self.delay = delay
+
+    def __call__(self, inputs: Tensors) -> Tensors:
+        self.calls.append(len(inputs["x"]))
+        if self.delay:
+            time.sleep(self.delay)
+        return {"y": inputs["x"].sum(axis=0, keepdims=True)}
+
+
+async def test_a_model_whose_outputs_do_not_follow_the_batch_is_never_merged_again() -> None:
+    """Merged, such a model would answer each caller with a slice computed from the others' inputs
+    (or an empty one). The merged call's outputs are checked; on a mismatch each request runs alone,
+    and so does every request after it, on the loop and in the worker thread alike."""
+    model, arrivals = BatchSum(), Arrivals()
+    b = Batcher(model, max_batch=64, inline_below_s=1.0, arrivals=arrivals)
+    await _warm(b)
+    results = await _together(arrivals, b, [batch(float(i)) for i in range(1, 6)])
+    assert [r["y"].tolist() for r in results] == [[[float(i)] * 3] for i in range(1, 6)]  # type: ignore[index]
+    assert model.calls[1:] == [5, 1, 1, 1, 1, 1]  # the merged call, then each alone
+    results = await _together(arrivals, b, [batch(7.0), batch(8.0, rows=2)])
+    assert [r["y"].tolist() for r in results] == [[[7.0] * 3], [[16.0] * 3]]  # type: ignore[index]
+    assert model.calls[7:] == [1, 2]  # not merged again
+
+    slow = BatchSum(delay=0.02)
+    b = Batcher(slow, max_batch=64)  # no inline budget: calls run in the worker thread
+    results = await asyncio.gather(*[b(batch(float(i))) for i in range(1, 5)])
+    assert [r["y"].tolist() for r in results] == [[[float(i)] * 3] for i in range(1, 5)]
+    assert slow.calls == [1, 3, 1, 1, 1]  # the first at once; three merged while it ran, then each alone
+    results = await asyncio.gather(*[b(batch(float(i))) for i in range(1, 4)])
+    assert slow.calls[5:] == [1, 1, 1]
