@@ -1,7 +1,12 @@
 """RSW-1 with many models: request A spread over 20 copies of the MLP, against the same server serving
 one, then again with a memory budget that fits only 5 of them (expected: slower, never failing).
 
-    .venv/bin/python bench/serving/many_models.py [--work /tmp/serving-bench] [--seconds 10] [--json OUT]
+    .venv/bin/python bench/serving/many_models.py [--work /tmp/serving-bench] [--seconds 10] [--rounds 3] [--json OUT]
+
+One model and 20 are measured in alternating rounds on one server, and the floor is read from the
+round with the median ratio: on this VM one setting's figure moves by 15-20% between runs minutes
+apart (11.2-18.8k req/s for one model), more than the 20% the floor allows, and a single pair of
+runs can land one setting in a fast moment and the other in a slow one.
 
 Needs the harness's model and bodies (run bench/serving/run.sh once, or its train.py/make_bodies.py);
 run.sh runs it after the harness and report.py checks its two floors from ``--json``'s file.
@@ -143,6 +148,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("WORK", "/tmp/serving-bench")))
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--models", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating 1-model / N-model rounds (median kept)")
     parser.add_argument("--json", type=Path, help="also write the figures here (report.py reads them)")
     args = parser.parse_args()
     onnx = (args.work / "models" / "mlp.onnx").read_bytes()
@@ -158,22 +164,28 @@ def main() -> None:
         for i in range(args.models):
             c.post("/v1/models", json={"name": f"m{i}"})
             c.post(f"/v1/models/m{i}/versions", files=[("file", ("mlp.onnx", onnx, "application/octet-stream"))])
-    results = {}
-    for label, n in (("1 model", 1), (f"{args.models} models", args.models)):
-        wrk(port, n, body, 2, script, proc.pid)  # warm-up (loads the models)
-        results[label] = wrk(port, n, body, args.seconds, script, proc.pid)
+    rounds = []
+    for _ in range(args.rounds):  # alternating, so that a slow moment of the VM hits both settings
+        pair = {}
+        for label, n in (("1 model", 1), (f"{args.models} models", args.models)):
+            wrk(port, n, body, 2, script, proc.pid)  # warm-up (loads the models)
+            pair[label] = wrk(port, n, body, args.seconds, script, proc.pid)
+        rounds.append(pair)
     proc.terminate()
     proc.wait()
     per_model = 2 * len(onnx)  # the runtime's estimate for one version: twice its files
     budget = 5 * per_model + per_model // 2
     proc = start(home, port, budget)
     wrk(port, args.models, body, 2, script, proc.pid)
-    results[f"{args.models} models, budget fits 5"] = wrk(port, args.models, body, args.seconds, script, proc.pid)
+    budget_run = wrk(port, args.models, body, args.seconds, script, proc.pid)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers) as c:
         loaded = len(c.get("/v1/runtime", timeout=120).json()["loaded"])
     proc.terminate()
     proc.wait()
     shutil.rmtree(tmp, ignore_errors=True)
+    ratios = [pair[f"{args.models} models"]["rps"] / pair["1 model"]["rps"] for pair in rounds]
+    median = sorted(range(len(rounds)), key=lambda i: ratios[i])[len(rounds) // 2]
+    results = {**rounds[median], f"{args.models} models, budget fits 5": budget_run}
     one = results["1 model"]["rps"]
     one_cpu = results["1 model"]["cpu_us"]
     print(
@@ -188,8 +200,9 @@ def main() -> None:
             f"| {r['socket_errors']:.0f} |"
         )
     print(f"\nloaded at the end with the budget: {loaded} versions (budget {budget} bytes)")
+    print(f"{args.models} models / 1 model, round by round: {', '.join(f'{r:.2f}' for r in ratios)}")
+    print(f"(the table shows round {median + 1}, the median)")
     many = results[f"{args.models} models"]["rps"]
-    budget_run = results[f"{args.models} models, budget fits 5"]
     print(f"floor: {args.models} models within 20% of one: {'PASS' if many >= 0.8 * one else 'FAIL'}")
     failed = budget_run["non2xx"] + budget_run["socket_errors"]
     print(f"floor: budget run has no failed request: {'PASS' if failed == 0 else 'FAIL'}")
@@ -201,6 +214,7 @@ def main() -> None:
             "one": results["1 model"],
             "many": results[f"{args.models} models"],
             "budget": budget_run,
+            "ratios": ratios,
         }
         args.json.write_text(json.dumps(figures, indent=1))
 
