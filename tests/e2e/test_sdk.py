@@ -17,12 +17,15 @@ from modelport.errors import (
     AliasInUse,
     InvalidName,
     ModelExists,
+    ModelFailed,
     ModelNotFound,
     NotFound,
     PermissionDenied,
     Unauthenticated,
+    ValidationFailed,
     VersionNotFound,
 )
+from tests.integration.test_model_failures import write_batch_of_one
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import TinyOnnx
@@ -80,6 +83,15 @@ def test_errors_map_back_to_the_same_classes(admin: Client, live_server: Server)
         anonymous.list_models()
     with Client(live_server[0], key="mp_" + "x" * 40) as wrong, pytest.raises(Unauthenticated):
         wrong.whoami()
+
+
+def test_a_model_failure_is_model_failed_with_its_reason(admin: Client, tmp_path: Path) -> None:
+    admin.upload("sdk-one", write_batch_of_one(tmp_path))
+    assert admin.predict("sdk-one", [[1.0, 2.0, 3.0, 4.0]])["outputs"] == [[1.0, 2.0, 3.0, 4.0]]
+    with pytest.raises(ValidationFailed) as raised:  # the 422 family
+        admin.predict("sdk-one", [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    assert type(raised.value) is ModelFailed
+    assert "cannot be reshaped" in raised.value.details["reason"]
 
 
 def test_unknown_codes_fall_back_to_the_status_class() -> None:

@@ -33,21 +33,26 @@ ONE = [[1.0, 2.0, 3.0, 4.0]]
 TWO = [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]
 
 
-def _onnx(tmp_path: Path, node: Any, y_shape: list[Any], *initializers: Any) -> Path:
+def _onnx(folder: Path, node: Any, y_shape: list[Any], *initializers: Any) -> Path:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)
     graph = helper.make_graph([node], "g", [x], [y], list(initializers))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    path = tmp_path / "model.onnx"
+    path = folder / "model.onnx"
     path.write_bytes(model.SerializeToString())
     return path
 
 
+def write_batch_of_one(folder: Path) -> Path:
+    """The ONNX model with a batch size of one inside: ``model.onnx`` in ``folder``."""
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [1, 4])
+    return _onnx(folder, helper.make_node("Reshape", ["x", "shape"], ["y"]), ["n", 4], shape)
+
+
 @pytest.fixture
 def batch_of_one(tmp_path: Path) -> Path:
-    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [1, 4])
-    return _onnx(tmp_path, helper.make_node("Reshape", ["x", "shape"], ["y"]), ["n", 4], shape)
+    return write_batch_of_one(tmp_path)
 
 
 def _assert_told(answer: httpx.Response) -> None:
