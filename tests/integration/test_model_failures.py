@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from tests.security.live import served
 
 ONE = [[1.0, 2.0, 3.0, 4.0]]
 TWO = [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]
+CONNECTIONS = 24
 
 
 def _onnx(folder: Path, node: Any, y_shape: list[Any], *initializers: Any) -> Path:
@@ -89,33 +89,33 @@ async def test_over_the_wire_requests_that_would_fail_merged_are_each_answered(
     with served(settings) as url:
         async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
             assert (await upload(c, "one", batch_of_one)).status_code == 201
-        socks = [_connect(url) for _ in range(24)]
-        try:
-            for wave in range(3):  # the first request of a connection goes through the ASGI edge
-                rows = [[float(wave), float(i), 2.0, 3.0] for i in range(len(socks))]
-                assert _at_once(socks, "one", rows) == [[row] for row in rows]
-        finally:
-            for sock in socks:
-                sock.close()
+        _each_gets_its_row(url, "one", waves=3)
         async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
             _assert_told(await c.post("/v1/models/one/predict", json={"inputs": TWO}))
             metrics = (await c.get("/metrics")).text
         calls = re.search(r'^modelport_batch_size_count\{model="one",version="1"\} (\S+)$', metrics, re.M)
         assert calls is not None, metrics
-        assert float(calls.group(1)) == 3 * len(socks), "every request answered by a call of its own"
+        assert float(calls.group(1)) == 3 * CONNECTIONS, "every request answered by a call of its own"
 
 
-def _at_once(socks: list[socket.socket], model: str, rows: list[list[float]]) -> list[Any]:
-    """One single-example predict per connection, all sent before any answer is read (so that the
-    server reads them in one turn of its loop); the outputs, in order (each must be a 200)."""
-    for sock, row in zip(socks, rows, strict=True):
-        sock.sendall(_request(f"/v1/models/{model}/predict", orjson.dumps({"inputs": [row]}), ADMIN_KEY))
-    outputs = []
-    for sock in socks:
-        ((head, answer),) = _responses(sock, 1)
-        assert head.startswith(b"HTTP/1.1 200"), answer
-        outputs.append(orjson.loads(answer)["outputs"])
-    return outputs
+def _each_gets_its_row(url: str, model: str, *, waves: int) -> None:
+    """``waves`` times: one single-example predict on each of CONNECTIONS connections, all sent before
+    any answer is read (so that the server reads them in one turn of its loop); each answer must be a
+    200 holding the row it sent. The first request of a connection goes through the ASGI edge, the
+    next ones through the lane."""
+    socks = [_connect(url) for _ in range(CONNECTIONS)]
+    try:
+        for wave in range(waves):
+            rows = [[float(wave), float(i), 2.0, 3.0] for i in range(CONNECTIONS)]
+            for sock, row in zip(socks, rows, strict=True):
+                sock.sendall(_request(f"/v1/models/{model}/predict", orjson.dumps({"inputs": [row]}), ADMIN_KEY))
+            for sock, row in zip(socks, rows, strict=True):
+                ((head, answer),) = _responses(sock, 1)
+                assert head.startswith(b"HTTP/1.1 200"), answer
+                assert orjson.loads(answer)["outputs"] == [row]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 async def test_a_model_whose_outputs_do_not_follow_the_batch_answers_each_caller_alone(
@@ -129,14 +129,7 @@ async def test_a_model_whose_outputs_do_not_follow_the_batch_answers_each_caller
     with served(settings) as url:
         async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
             assert (await upload(c, "sum", path)).status_code == 201
-        socks = [_connect(url) for _ in range(24)]
-        try:
-            for wave in range(4):
-                rows = [[float(wave), float(i), 2.0, 3.0] for i in range(len(socks))]
-                assert _at_once(socks, "sum", rows) == [[row] for row in rows]
-        finally:
-            for sock in socks:
-                sock.close()
+        _each_gets_its_row(url, "sum", waves=4)
 
 
 def test_a_torchscript_failure_is_told_by_its_last_line() -> None:
