@@ -98,6 +98,12 @@ async def test_torchscript_needs_and_uses_a_signature(client: httpx.AsyncClient,
     body = await _predict(client, "digits-ts", x[:5] / 16.0)
     with torch.no_grad():
         np.testing.assert_allclose(body["outputs"], net(torch.from_numpy(x[:5] / 16.0)).numpy(), atol=1e-5)
+    # raw float32 bytes arrive as a read-only array: torch takes it without a warning (which pytest
+    # turns into an error here)
+    raw = {"Content-Type": "application/octet-stream", "X-Tensor-Shape": "5,64"}
+    r = await client.post("/v1/models/digits-ts/predict", content=(x[:5] / 16.0).tobytes(), headers=raw)
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["outputs"], body["outputs"], atol=1e-6)
 
 
 async def test_torch_export_archive(client: httpx.AsyncClient, digits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -7,6 +7,7 @@ zero example of batch size 1 is run at upload to learn the outputs.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ class TorchPredictor:
         missing = [s.name for s in self.signature.inputs if s.name not in inputs]
         if missing:
             raise InvalidInput(message=f"missing input(s) {missing}", details={"missing": missing})
-        args = [torch.from_numpy(np.ascontiguousarray(inputs[s.name])) for s in self.signature.inputs]
+        args = [_tensor(inputs[s.name]) for s in self.signature.inputs]
         if self._device is not None:
             args = [a.to(self._device, non_blocking=True) for a in args]
         with torch.inference_mode():
@@ -95,6 +96,19 @@ class TorchPredictor:
 
     def unload(self) -> None:
         self._module = None
+
+
+def _tensor(array: np.ndarray[Any, Any]) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory. Raw-tensor bodies arrive as read-only arrays (straight over
+    the request's bytes); torch takes them with a warning that its tensors cannot be read-only, though
+    a model only reads its inputs (under ``inference_mode``), and a write would touch only that
+    request's own bytes. So the warning is silenced there rather than the bytes copied."""
+    array = np.ascontiguousarray(array)
+    if array.flags.writeable:
+        return torch.from_numpy(array)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        return torch.from_numpy(array)
 
 
 def name_outputs(result: Any, names: Sequence[str]) -> Tensors:
