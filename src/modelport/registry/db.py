@@ -91,9 +91,14 @@ class Database:
             log.warning("registry_changes: put back what was missing: %s", ", ".join(gone))
 
     def dispose(self) -> None:
-        """Close the pools. A connection still checked out (a lookup finishing in a worker thread) comes
-        back to its old pool later, which nobody uses again: it is closed then, rather than left open
-        until the collector finds it (psycopg warns of that, at whatever moment the collection runs)."""
+        """Close the pools, for good: nothing is kept open after this.
+
+        Work can still be under way at shutdown (a lookup finishing in a worker thread), or start just
+        after it (an audit record written once its response has gone, a route refreshed in the
+        background). A connection it holds is closed when it comes back to its old pool, which nobody
+        uses again; one it opens from the engine's new pool is closed when it comes back too. Kept open
+        instead, it would be found by the collector, at whatever moment a collection runs (psycopg warns
+        then, and under ``filterwarnings = error`` that fails whichever test is running)."""
         engines = (
             [self.write_engine] if self.read_engine is self.write_engine else [self.write_engine, self.read_engine]
         )
@@ -101,9 +106,11 @@ class Database:
             old = engine.pool
             engine.dispose()
             event.listen(old, "checkin", _close_returned)
+            event.listen(engine.pool, "checkin", _close_returned)
 
 
-def _close_returned(dbapi_conn: Any, _record: Any) -> None:
-    """A connection checked in to a disposed pool (see ``Database.dispose``)."""
+def _close_returned(dbapi_conn: Any, record: Any) -> None:
+    """A connection checked in after ``Database.dispose``: closed, its pool entry left to reconnect if
+    it is ever used again."""
     if dbapi_conn is not None:
-        dbapi_conn.close()
+        record.invalidate()
