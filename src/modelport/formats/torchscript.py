@@ -102,7 +102,9 @@ def _tensor(array: np.ndarray[Any, Any]) -> torch.Tensor:
     """A tensor sharing ``array``'s memory. Raw-tensor bodies arrive as read-only arrays (straight over
     the request's bytes); torch takes them with a warning that its tensors cannot be read-only, though
     a model only reads its inputs (under ``inference_mode``), and a write would touch only that
-    request's own bytes. So the warning is silenced there rather than the bytes copied."""
+    request's own bytes. So the warning is silenced there rather than the bytes copied. (The filter
+    is process-wide while it is on, so two threads here at once can leave this one message ignored
+    for good: harmless, and torch gives it once a process anyway.)"""
     array = np.ascontiguousarray(array)
     if array.flags.writeable:
         return torch.from_numpy(array)
