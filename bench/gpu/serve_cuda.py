@@ -41,6 +41,9 @@ import torch
 
 KEY = "mp_gpu-benchmark-admin-key-0123456789abcdefghijkl"
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench" / "serving"))
+from many_models import ready  # noqa: E402 - the bench scripts are not a package
+
 SIGNATURE = {"inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 784]}]}
 MNIST = REPO.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
 
@@ -73,15 +76,7 @@ def network(folder: Path) -> Path:
 def start(home: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "MODELPORT_HOME": str(home), "MODELPORT_ADMIN_KEY": KEY, "MODELPORT_JOB_WORKERS": "0"}
     cmd = [sys.executable, "-m", "modelport", "serve", "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=env)
-    for _ in range(600):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the server did not start")
+    return ready(subprocess.Popen(cmd, env=env), port)
 
 
 def request(path: str, body: bytes, media: str, extra: str = "") -> bytes:

@@ -67,7 +67,12 @@ def start(home: Path, port: int, budget: int | None) -> subprocess.Popen[bytes]:
         "--log-level",
         "warning",
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return ready(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port)
+
+
+def ready(proc: subprocess.Popen[bytes], port: int) -> subprocess.Popen[bytes]:
+    """``proc`` once the server it runs answers /readyz on ``port`` (up to a minute); else it is killed
+    and the script exits."""
     for _ in range(600):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
