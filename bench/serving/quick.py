@@ -49,12 +49,18 @@ CELLS = {
     "A64": ("A", 64),
     "A1": ("A", 1),
     "B64": ("B", 64),
+    "RA1": ("RA", 1),
+    "RA16": ("RA", 16),
+    "RA64": ("RA", 64),
+    "R1": ("R", 1),
     "R16": ("R", 16),
     "R64": ("R", 64),
     "VA64": ("VA", 64),
     "VB64": ("VB", 64),
 }
-"""cell -> (body, connections); VA/VB are A and B as V2 infer requests (no floor: Modelport only)."""
+"""cell -> (body, connections); R and RA are B and A as raw float32 tensors (the raw floor's cells); VA/VB
+are A and B as V2 infer requests (no floor: Modelport only). Cells run in the order given, on one server:
+``RA1,RA16,RA64,R1,R16,R64`` is the harness's order for ``modelport_raw``."""
 
 
 def free_port() -> int:
@@ -111,6 +117,7 @@ def prepare(work: Path) -> str:
         tensor = {"name": "input", "shape": [n, 784], "datatype": "FP32", "data": [v for row in rows for v in row]}
         (work / f"V{name}.json").write_text(json.dumps({"inputs": [tensor]}, separators=(",", ":")))
     (work / "R.json").write_bytes(x.tobytes())
+    (work / "RA.json").write_bytes(x[:1].tobytes())
     (work / "lua").write_text(LUA)
     return key
 
@@ -135,6 +142,12 @@ def cpu_s(pid: int) -> float:
     return total
 
 
+def minor_faults(pid: int) -> int:
+    """Minor page faults of ``pid`` (all its threads) so far: fresh memory touched, e.g. large buffers
+    the allocator maps and unmaps per request."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
 def measure(
     cmd: list[str], port: int, path: str, cells: list[str], work: Path, seconds: int, env: dict[str, str], key: str
 ) -> dict[str, dict[str, float]]:
@@ -147,13 +160,16 @@ def measure(
             url = f"http://127.0.0.1:{port}{'/v2/models/mlp/infer' if which.startswith('V') else path}"
             headers = work / f"{cell}.headers"
             lines = [f"Authorization: Bearer {key}", "Content-Type: application/json"]
-            if which == "R":
-                lines = [lines[0], "Content-Type: application/octet-stream", "X-Tensor-Shape: 32,784"]
+            if which in ("R", "RA"):
+                shape = "32,784" if which == "R" else "1,784"
+                lines = [lines[0], "Content-Type: application/octet-stream", f"X-Tensor-Shape: {shape}"]
             headers.write_text("\n".join(lines) + "\n")
             wrk(url, work / f"{which}.json", headers, conns, 2, work / "lua")  # warm-up
-            cpu = cpu_s(proc.pid)
+            cpu, faults = cpu_s(proc.pid), minor_faults(proc.pid)
             results[cell] = wrk(url, work / f"{which}.json", headers, conns, seconds, work / "lua")
-            results[cell]["cpu_us"] = (cpu_s(proc.pid) - cpu) / max(1, results[cell]["requests"]) * 1e6
+            requests = max(1, results[cell]["requests"])
+            results[cell]["cpu_us"] = (cpu_s(proc.pid) - cpu) / requests * 1e6
+            results[cell]["faults"] = (minor_faults(proc.pid) - faults) / requests
         return results
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -187,18 +203,19 @@ def main() -> None:
                     floors |= measure(cmd, port, "/predict", floor_cells, work, args.seconds, env, key)
         print(
             "| cell | Modelport req/s | p50 ms | p99 ms | errors | floor req/s | floor p50 ms | ratio "
-            "| CPU us/req (floor) |"
+            "| CPU us/req (floor) | page faults/req (floor) |"
         )
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for cell in cells:
             r, f = ours[cell], floors.get(cell)
             ratio = f"{r['rps'] / f['rps']:.2f}" if f else "-"
             frps = f"{f['rps']:,.0f}" if f else "-"
             fp50 = f"{f['p50'] / 1000:.3f}" if f else "-"
             cpu = f"{r['cpu_us']:.0f} ({f['cpu_us'] if f else 0:.0f})"
+            faults = f"{r['faults']:.2f} ({f['faults'] if f else 0:.2f})"
             print(
                 f"| {cell} | {r['rps']:,.0f} | {r['p50'] / 1000:.3f} | {r['p99'] / 1000:.2f} | "
-                f"{r['errors'] + r['non2xx']} | {frps} | {fp50} | {ratio} | {cpu} |"
+                f"{r['errors'] + r['non2xx']} | {frps} | {fp50} | {ratio} | {cpu} | {faults} |"
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -197,7 +197,9 @@ def run_server(settings: Settings) -> None:
     """Bootstrap the data home, print a new admin key once, then serve until a stop signal."""
 
     from modelport.api.app import bootstrap, create_app
+    from modelport.cli.heap import keep_heap_pages
 
+    keep_heap_pages()  # (each process of --workers sets its own)
     admin_key = bootstrap(settings)
     if admin_key:
         typer.echo(f"Admin API key (shown once, store it now): {admin_key}")

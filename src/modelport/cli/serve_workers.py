@@ -42,10 +42,12 @@ def bind(host: str, port: int) -> socket.socket:
 def _child(settings_json: str, sock: socket.socket) -> None:
     """One API process: its own app on the shared socket, until SIGTERM (then drain and exit)."""
     from modelport.api.app import create_app
+    from modelport.cli.heap import keep_heap_pages
     from modelport.cli.serve import configure_logging
     from modelport.cli.server import Server, uvicorn_config
     from modelport.config import Settings
 
+    keep_heap_pages()
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log_level)
     Server(uvicorn_config(settings, create_app(settings), bind=False)).run(sockets=[sock])
