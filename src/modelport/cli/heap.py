@@ -10,8 +10,8 @@ minor page faults and 182 us of CPU a request against 0 faults and 132-138 us wi
 So ``modelport serve`` fixes them: blocks under ``MMAP_THRESHOLD`` (the lane's 1 MiB bodies and the
 batcher's merged calls) come from the heap, and up to ``TRIM_THRESHOLD`` of free heap is kept.
 Larger blocks (the weights of all but small models) are still mapped and unmapped, so unloading such
-a model returns its memory at once; a small model's freed memory is reused by the heap. An operator's own ``MALLOC_*`` environment settings (or glibc tunables) win: then nothing
-is changed.
+a model returns its memory at once; a small model's freed memory is reused by the heap. An
+operator's own ``MALLOC_*`` environment settings (or glibc tunables) win: then nothing is changed.
 """
 
 from __future__ import annotations
