@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 BURSTS = """
-import resource, sys
+import resource
 from modelport.cli.heap import keep_heap_pages
 print(keep_heap_pages())
 def faults():
