@@ -203,17 +203,14 @@ class Batcher:
 
     def _run_batch_inline(self, batch: list[_Item]) -> None:
         outputs: Tensors | None = None
+        failure: Exception | None = None
         try:
             outputs = self._timed(_merged(batch))
         except Exception as exc:  # noqa: BLE001 - isolate: one bad request must not fail its neighbours
-            if len(batch) == 1:
-                _settle(batch[0].future, exc=exc)
-                return
-        if outputs is not None and (len(batch) == 1 or self._follows(batch, outputs)):
-            self._answer(batch, outputs)
-            return
-        for item in batch:  # the merged call failed, or its outputs do not split back: each alone
-            self._run_batch_inline([item])
+            failure = exc
+        if not self._settled(batch, outputs, failure):
+            for item in batch:
+                self._run_batch_inline([item])
 
     async def _run_now(self, arrays: Tensors, rows: int) -> Tensors:
         """Idle path for a model too slow to run on the loop: call it in a worker thread at once; then
@@ -296,17 +293,29 @@ class Batcher:
 
     async def _run_batch(self, batch: list[_Item]) -> None:
         outputs: Tensors | None = None
+        failure: Exception | None = None
         try:
             outputs = await anyio.to_thread.run_sync(self._timed, _merged(batch))
         except Exception as exc:  # noqa: BLE001 - isolate: one bad request must not fail its neighbours
-            if len(batch) == 1:
-                _settle(batch[0].future, exc=exc)
-                return
-        if outputs is not None and (len(batch) == 1 or self._follows(batch, outputs)):
-            self._answer(batch, outputs)
-            return
-        for item in batch:  # the merged call failed, or its outputs do not split back: each alone
-            await self._run_batch([item])
+            failure = exc
+        if not self._settled(batch, outputs, failure):
+            for item in batch:
+                await self._run_batch([item])
+
+    def _settled(self, batch: list[_Item], outputs: Tensors | None, failure: Exception | None) -> bool:
+        """Answer ``batch`` from its call (``outputs``, or the ``failure`` it raised), the same on the
+        loop and in the worker thread. False when each request must run again alone: the merged call
+        failed (one bad request must not fail its neighbours), or its outputs do not split back."""
+        if failure is not None:
+            if len(batch) > 1:
+                return False
+            _settle(batch[0].future, exc=failure)
+            return True
+        assert outputs is not None  # the call returned
+        if len(batch) > 1 and not self._follows(batch, outputs):
+            return False
+        self._answer(batch, outputs)
+        return True
 
     def _follows(self, batch: list[_Item], outputs: Tensors) -> bool:
         """Whether a merged call's outputs split back by rows: every output's first dimension is the
