@@ -19,7 +19,7 @@ import pytest
 from modelport.config import Settings
 from tests.conftest import ADMIN_KEY, TrainedMnist, member_key, upload
 from tests.e2e.test_http_wire import _connect, _responses
-from tests.security.live import served
+from tests.security.live import served, served_server
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 PREDICT = "/v1/models/digits/predict"
@@ -184,6 +184,39 @@ async def test_connection_close_and_a_body_that_never_arrives(settings: Settings
             assert _headers(head)[b"connection"] == b"close" and sock.recv(1) == b""
             assert time.monotonic() - started < 5
         assert _lane_count(url) == before  # a refusal is not an answer of the lane's
+
+
+async def test_the_idle_poll_counts_every_lane_request_out_again(settings: Settings, mnist_model: TrainedMnist) -> None:
+    """The idle poll starts only when no lane request is in flight, by a count the protocol keeps: every
+    way a lane request ends (answered, pipelined, refused for a late body, its client gone before the
+    answer or in the middle of the body) must take it back to zero, or the poll would stay off for good
+    (or, below zero, count a busy server as idle)."""
+    settings = settings.model_copy(
+        update={"idle_poll_us": 200, "request_body_timeout_s": 0.5, "request_header_timeout_s": 2.0}
+    )
+    with served_server(settings) as (url, server):
+        poll = server.config.http_protocol_class.idle_poll  # type: ignore[attr-defined]  # GuardedHttp's
+        key = await _setup(url, mnist_model)
+        body = orjson.dumps({"inputs": _images(mnist_model, 1)})
+        before = _lane_count(url)
+        with _connect(url) as sock:
+            sock.sendall(_request(PREDICT, body, key))
+            _responses(sock, 1)
+            sock.sendall(_request(PREDICT, body, key) * 3)
+            assert [head[:12] for head, _ in _responses(sock, 3)] == [b"HTTP/1.1 200"] * 3
+            sock.sendall(_request(PREDICT, body, key)[:-10])  # a body that never ends: 408
+            ((head, _),) = _responses(sock, 1)
+            assert head.startswith(b"HTTP/1.1 408")
+        with _connect(url) as sock:
+            sock.sendall(_request(PREDICT, body, key)[:-10])  # the client leaves in the middle of the body
+        with _connect(url) as sock:
+            sock.sendall(_request(PREDICT, body, key) * 2)  # and before reading the answers
+        assert _lane_count(url) - before >= 2  # pipelined ones behind an answer take the ASGI path
+        deadline = time.monotonic() + 5
+        while poll.busy and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert poll.busy == 0
+        assert poll.last > 0  # answers went through it
 
 
 @pytest.mark.parametrize("extra", [b"Origin: http://127.0.0.1", b"X-Pad: " + b"a" * 10])

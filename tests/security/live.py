@@ -47,6 +47,14 @@ def wait_ready(url: str, proc: subprocess.Popen[Any] | None = None, timeout: flo
 @contextmanager
 def served(settings: Settings) -> Iterator[str]:
     """``settings``' app under uvicorn exactly as ``modelport serve`` runs it, on 127.0.0.1:<free port>."""
+    with served_server(settings) as (url, _):
+        yield url
+
+
+@contextmanager
+def served_server(settings: Settings) -> Iterator[tuple[str, Server]]:
+    """As ``served``, with the server itself (its config holds the protocol class, and so the state the
+    protocol keeps per server: deadlines, the idle poll)."""
     settings = settings.model_copy(update={"host": "127.0.0.1", "port": free_port(), "log_level": "warning"})
     server = Server(uvicorn_config(settings, create_app(settings)))
     thread = threading.Thread(target=server.run, name="security-server", daemon=True)
@@ -54,7 +62,7 @@ def served(settings: Settings) -> Iterator[str]:
     url = f"http://127.0.0.1:{settings.port}"
     try:
         wait_ready(url)
-        yield url
+        yield url, server
     finally:
         server.should_exit = True
         thread.join(timeout=30)

@@ -1,5 +1,6 @@
 """The server's idle poll (``cli/server.py::IdlePoll``): the event loop keeps turning for a bounded
-window after each answer, then sleeps; a window of 0 never turns it."""
+window after an answer at low load, then sleeps; under load (company in flight, answers in a burst) it
+never starts; a window of 0 never turns it."""
 
 from __future__ import annotations
 
@@ -31,10 +32,33 @@ async def test_a_new_answer_extends_the_window_without_a_second_chain() -> None:
     poll = IdlePoll(0.02)
     poll.answered(loop)
     first = poll.until
-    await asyncio.sleep(0.005)
+    await asyncio.sleep(0.008)  # past the quiet gap (a quarter of the window)
     poll.answered(loop)
     assert poll.running and poll.until > first
     await asyncio.sleep(0.05)
+    assert not poll.running
+
+
+async def test_an_answer_with_requests_still_in_flight_does_not_poll() -> None:
+    poll = IdlePoll(0.02)
+    poll.busy = 3
+    poll.answered(asyncio.get_running_loop())
+    assert not poll.running
+
+
+async def test_answers_in_a_burst_do_not_extend_the_window() -> None:
+    """The last answer of a burst has nothing in flight, but follows the previous by microseconds."""
+    loop = asyncio.get_running_loop()
+    poll = IdlePoll(0.02)
+    poll.answered(loop)  # a first answer after a quiet gap: polls
+    assert poll.running
+    first = poll.until
+    poll.answered(loop)  # at once after it
+    assert poll.until == first
+    await asyncio.sleep(0.05)
+    assert not poll.running
+    poll.last = time.perf_counter()  # a burst just ended
+    poll.answered(loop)
     assert not poll.running
 
 

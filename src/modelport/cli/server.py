@@ -69,29 +69,46 @@ class Deadlines:
 
 
 class IdlePoll:
-    """Keeps the event loop polling for a while after each answer instead of sleeping in the kernel.
+    """Keeps the event loop polling for a while after an answer at low load instead of sleeping in the
+    kernel.
 
     At low load the server answers and goes to sleep in ``epoll_wait``; the next request then pays the
     wake-up: the scheduler, and on a virtual machine the exit from the idle vCPU, with caches cooled
     meanwhile (~20-40 µs of a one-connection round trip of ~240 µs here). A chain of ``call_soon``
     callbacks keeps the loop turning (each turn polls the sockets with a zero timeout) for ``seconds``
-    after the last answer, like ONNX Runtime's spinning worker threads. Bounded: it stops ``seconds``
-    after the last answer. While it turns, a worker thread waiting for the GIL may wait until it stops
-    (at most ``seconds``). Off unless configured (``Settings.idle_poll_us``): under load it cost 8-15%
-    of the throughput here, the polling core competing with its neighbour.
+    after the answer, like ONNX Runtime's spinning worker threads. Bounded: it stops ``seconds`` after
+    the last answer that started it. While it turns, a worker thread waiting for the GIL may wait until
+    it stops (at most ``seconds``).
+
+    Only an answer that looks like low load starts or extends it: no other lane request in flight
+    (``busy``), and the previous answer at least ``quiet`` ago. Under load the loop must sleep between
+    bursts instead: the wake-up is what lets a burst's requests arrive together, to be parsed in one
+    turn and gathered into one model call; an unguarded poll took each as it came (A@64 -8 to -15%
+    here). A burst's first answers have company in flight, and its last follows the one before by
+    microseconds, so neither polls; at one connection every answer is alone, a round trip after the
+    previous. Off unless configured (``Settings.idle_poll_us``).
     """
 
-    __slots__ = ("running", "seconds", "until")
+    __slots__ = ("busy", "last", "quiet", "running", "seconds", "until")
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+        self.quiet = seconds / 4
+        """The least gap since the previous answer for an answer to count as low load."""
+        self.busy = 0
+        """Lane requests taken in and not yet answered (counted by the protocol)."""
+        self.last = 0.0
         self.until = 0.0
         self.running = False
 
     def answered(self, loop: asyncio.AbstractEventLoop) -> None:
-        """An answer left: keep the loop polling until ``seconds`` from now."""
+        """An answer left: at low load, keep the loop polling until ``seconds`` from now."""
         if self.seconds:
-            self.until = time.perf_counter() + self.seconds  # uvloop's loop.time() counts milliseconds
+            now = time.perf_counter()  # uvloop's loop.time() counts milliseconds
+            previous, self.last = self.last, now
+            if self.busy or now - previous < self.quiet:
+                return
+            self.until = now + self.seconds
             if not self.running:
                 self.running = True
                 loop.call_soon(self._turn, loop)
@@ -248,6 +265,7 @@ class GuardedHttp(HttpToolsProtocol):
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         assert self._lane is not None
         task = self._lane.start(self.loop, exchange.request, body, self.client, partial(self._write_lane, exchange))
+        self.idle_poll.busy += 1
         self.tasks.add(task)  # a graceful shutdown waits for these, as for uvicorn's own
         task.add_done_callback(self.tasks.discard)
 
@@ -255,6 +273,7 @@ class GuardedHttp(HttpToolsProtocol):
         """Write a lane answer in one piece (the server's default headers first, as uvicorn does), close
         the connection when the request or the answer asks, and start what is pipelined behind it."""
         exchange.response_complete = True
+        self.idle_poll.busy -= 1
         if not exchange.disconnected and not self.transport.is_closing():
             keep = exchange.keep_alive and not answer.close
             lines = [STATUS_LINE[answer.status]]
@@ -287,6 +306,7 @@ class GuardedHttp(HttpToolsProtocol):
         if exchange is not None and self._lane is not None:
             self._reading = None
             self.deadlines.waiting.pop(self, None)
+            self.idle_poll.busy += 1  # answered without a task: counted as taken in, as _write_lane uncounts
             self._write_lane(exchange, self._lane.too_slow(exchange.request))
             return
         if self._header_bytes:
