@@ -186,11 +186,11 @@ class Settings(BaseSettings):
     """Bytes per second a long body must keep up (see ``request_body_timeout_s``)."""
 
     idle_poll_us: float = Field(default=0.0, ge=0, le=10_000)
-    """After an answer, the event loop keeps polling its sockets for this many microseconds before it
-    sleeps in the kernel: a request that arrives meanwhile skips the wake-up (about 15% of the latency
-    at one connection here, with 200). Off by default: under load it cost ~10% of A@64's throughput
-    here (the polling core competes with its neighbour), and it burns that window of CPU per idle gap.
-    For a dedicated core serving light traffic that wants the lowest latency."""
+    """After an answer at low load (nothing else in flight, no answer just before it), the event loop
+    keeps polling its sockets for this many microseconds before it sleeps in the kernel: a request that
+    arrives meanwhile skips the wake-up (about 15% of the latency at one connection on one VM here, with
+    200; nothing on another). Under load it never starts. Off by default: it burns that window of CPU
+    after each lone answer. For a dedicated core serving light traffic that wants the lowest latency."""
 
     keep_alive_timeout_s: int = Field(default=5, ge=1, le=3600)
     """An idle kept-alive connection is closed after this many seconds."""
