@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from quick import CELLS, VENV_BIN, cpu_s, free_port, prepare, wait_port, wrk
+from quick import CELLS, VENV_BIN, free_port, headers_file, prepare, server_run, wait_port
 
 Runs = dict[tuple[str, str], list[dict[str, float]]]
 
@@ -42,22 +42,18 @@ def start(variants: list[str], work: Path) -> dict[str, tuple[subprocess.Popen[b
     return procs
 
 
-def write_headers(cells: list[str], work: Path, key: str) -> None:
-    for cell in cells:
-        which, _ = CELLS[cell]
-        lines = [f"Authorization: Bearer {key}", "Content-Type: application/json"]
-        if which in ("R", "RA"):
-            shape = "32,784" if which == "R" else "1,784"
-            lines = [lines[0], "Content-Type: application/octet-stream", f"X-Tensor-Shape: {shape}"]
-        (work / f"{cell}.headers").write_text("\n".join(lines) + "\n")
-
-
 def drive(
-    procs: dict[str, tuple[subprocess.Popen[bytes], int]], cells: list[str], work: Path, rounds: int, seconds: int
+    procs: dict[str, tuple[subprocess.Popen[bytes], int]],
+    cells: list[str],
+    work: Path,
+    key: str,
+    rounds: int,
+    seconds: int,
 ) -> Runs:
     """``rounds`` rounds (after one uncounted warm-up round), each cell against every variant in an
     order that rotates per round."""
     names = list(procs)
+    headers = {cell: headers_file(work, cell, key) for cell in cells}
     results: Runs = {}
     for r in range(rounds + 1):
         for cell in cells:
@@ -65,9 +61,7 @@ def drive(
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 proc, port = procs[name]
                 url = f"http://127.0.0.1:{port}/v1/models/mlp/predict"
-                cpu = cpu_s(proc.pid)
-                out = wrk(url, work / f"{which}.json", work / f"{cell}.headers", conns, seconds, work / "lua")
-                out["cpu_us"] = (cpu_s(proc.pid) - cpu) / max(1, out["requests"]) * 1e6
+                out = server_run(proc.pid, url, work / f"{which}.json", headers[cell], conns, seconds, work / "lua")
                 if r:
                     results.setdefault((cell, name), []).append(out)
     return results
@@ -103,8 +97,7 @@ def main() -> None:
     try:
         key = prepare(work)
         procs = start(args.variant, work)
-        write_headers(cells, work, key)
-        report(drive(procs, cells, work, args.rounds, args.seconds), cells, list(procs))
+        report(drive(procs, cells, work, key, args.rounds, args.seconds), cells, list(procs))
     finally:
         for proc, _ in procs.values():
             proc.send_signal(signal.SIGTERM)

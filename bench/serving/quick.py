@@ -148,6 +148,28 @@ def minor_faults(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
+def headers_file(work: Path, cell: str, key: str) -> Path:
+    """The request headers of ``cell`` for wrk's script (the key; raw cells' media type and shape)."""
+    which, _ = CELLS[cell]
+    lines = [f"Authorization: Bearer {key}", "Content-Type: application/json"]
+    if which in ("R", "RA"):
+        shape = "32,784" if which == "R" else "1,784"
+        lines = [lines[0], "Content-Type: application/octet-stream", f"X-Tensor-Shape: {shape}"]
+    path = work / f"{cell}.headers"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def server_run(pid: int, url: str, body: Path, headers: Path, conns: int, seconds: int, lua: Path) -> dict[str, float]:
+    """One wrk run, with the server's (``pid``) CPU microseconds and minor page faults a request."""
+    cpu, faults = cpu_s(pid), minor_faults(pid)
+    result = wrk(url, body, headers, conns, seconds, lua)
+    requests = max(1, result["requests"])
+    result["cpu_us"] = (cpu_s(pid) - cpu) / requests * 1e6
+    result["faults"] = (minor_faults(pid) - faults) / requests
+    return result
+
+
 def measure(
     cmd: list[str], port: int, path: str, cells: list[str], work: Path, seconds: int, env: dict[str, str], key: str
 ) -> dict[str, dict[str, float]]:
@@ -158,18 +180,9 @@ def measure(
         for cell in cells:
             which, conns = CELLS[cell]
             url = f"http://127.0.0.1:{port}{'/v2/models/mlp/infer' if which.startswith('V') else path}"
-            headers = work / f"{cell}.headers"
-            lines = [f"Authorization: Bearer {key}", "Content-Type: application/json"]
-            if which in ("R", "RA"):
-                shape = "32,784" if which == "R" else "1,784"
-                lines = [lines[0], "Content-Type: application/octet-stream", f"X-Tensor-Shape: {shape}"]
-            headers.write_text("\n".join(lines) + "\n")
+            headers = headers_file(work, cell, key)
             wrk(url, work / f"{which}.json", headers, conns, 2, work / "lua")  # warm-up
-            cpu, faults = cpu_s(proc.pid), minor_faults(proc.pid)
-            results[cell] = wrk(url, work / f"{which}.json", headers, conns, seconds, work / "lua")
-            requests = max(1, results[cell]["requests"])
-            results[cell]["cpu_us"] = (cpu_s(proc.pid) - cpu) / requests * 1e6
-            results[cell]["faults"] = (minor_faults(proc.pid) - faults) / requests
+            results[cell] = server_run(proc.pid, url, work / f"{which}.json", headers, conns, seconds, work / "lua")
         return results
     finally:
         proc.send_signal(signal.SIGTERM)
