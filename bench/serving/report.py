@@ -5,13 +5,16 @@
 Floors and Modelport come from RESULTS_DIR (one run), the 20-model floors from its many_models.json
 (``many_models.py --json``, which run.sh runs after the harness). Peers come from RESULTS_DIR when they ran in the
 same run, else from PEER_RESULTS_DIR (the shared harness's published run on this machine kind), and the
-table says which.
+table says which. RESULTS_DIR keeps what earlier runs wrote there: with ``RUN_STARTED`` (epoch seconds,
+set by run.sh) a result written before it is labelled "earlier run HH:MM UTC", not "this run".
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,14 @@ def load(folder: Path, name: str) -> dict[str, Any] | None:
         return None
     data: dict[str, Any] = json.loads(path.read_text())
     return data if data.get("ok") else None
+
+
+def source(path: Path, started: float) -> str:
+    """Say "this run", or, for a file older than the run, when an earlier run wrote it (UTC)."""
+    written = path.stat().st_mtime
+    if written >= started:
+        return "this run"
+    return "earlier run " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(written))
 
 
 def cell(result: dict[str, Any] | None, workload: str, conns: int, *, clean: bool = False) -> dict[str, Any] | None:
@@ -155,10 +166,11 @@ def main() -> None:
     run_dir = Path(sys.argv[1])
     peer_dir = Path(sys.argv[2]) if len(sys.argv) > 2 else None
     results: dict[str, tuple[dict[str, Any], str]] = {}
+    started = float(os.environ.get("RUN_STARTED", "0"))
     for name in FLOORS + OURS + PEERS:
         here = load(run_dir, name)
         if here is not None:
-            results[name] = (here, "this run")
+            results[name] = (here, source(run_dir / f"{name}.json", started))
         elif name in PEERS and peer_dir is not None and (published := load(peer_dir, name)) is not None:
             results[name] = (published, f"published {peer_dir.name}")
     table(results)

@@ -28,6 +28,8 @@ else
   export SYSTEMS=${SYSTEMS:-floor floor_orjson modelport floor_raw modelport_raw modelport_v2}
 fi
 export RESULTS_DIR=${RESULTS_DIR:-$WORK/results}
+# report.py labels a result this run did not write (RESULTS_DIR keeps earlier runs' files) with its time
+export RUN_STARTED=$(date +%s)
 export INPROC=${INPROC:-0}
 # setup.sh builds only the venvs the chosen systems use (base always: it runs the floors and train.py)
 NEEDED=$(python3 - <<PY
