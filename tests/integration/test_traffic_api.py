@@ -61,6 +61,35 @@ async def test_shadow_is_compared_and_never_returned(client: httpx.AsyncClient, 
     assert 'modelport_shadow_total{model="canary",outcome="agree",version="3"} 5.0' in text
 
 
+async def test_a_request_the_shadow_version_answers_is_not_mirrored_to_it(
+    client: httpx.AsyncClient, two_versions: TrainedMnist
+) -> None:
+    r = await client.put(
+        "/v1/models/canary/deployment",
+        json={
+            "routes": [{"version": 1, "weight": 1}, {"version": 3, "weight": 1}],
+            "shadow": {"version": 3, "percent": 100},
+        },
+    )
+    assert r.status_code == 200, r.text
+    served = collections.Counter()
+    for i in range(40):
+        body = (
+            await client.post("/v1/models/canary/predict", json={"inputs": two_versions.test_images[i].tolist()})
+        ).json()
+        served[body["version"]] += 1
+    assert served[1] and served[3]
+    pattern = r'modelport_shadow_total\{model="canary",outcome="\w+",version="3"\} (\S+)'
+    for _ in range(100):
+        mirrored = sum(float(n) for n in re.findall(pattern, (await client.get("/metrics")).text))
+        if mirrored >= served[1]:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # a wrongly mirrored request would be counted by now too
+    text = (await client.get("/metrics")).text
+    assert sum(float(n) for n in re.findall(pattern, text)) == served[1]
+
+
 async def test_deployment_validation_and_protection(client: httpx.AsyncClient, two_versions: TrainedMnist) -> None:
     r = await client.put("/v1/models/canary/deployment", json={"routes": [{"version": 9, "weight": 1}]})
     assert r.status_code == 404

@@ -67,11 +67,15 @@ class Resolution:
             return self.targets[0]
         return random.choices(self.targets, weights=self.weights)[0]
 
-    def mirror(self) -> Target | None:
-        """The shadow target for this request, or None (``shadow_share`` of requests are mirrored)."""
-        if self.shadow is None or random.random() * 100 >= self.shadow_share:
+    def mirror(self, served: Target) -> Target | None:
+        """The shadow target for this request, or None (``shadow_share`` of requests are mirrored).
+
+        Never the version that ``served`` the request: a canary split can route to the shadow version
+        too, and comparing its answer with itself would only double its work and count an "agree"."""
+        shadow = self.shadow
+        if shadow is None or shadow.version_id == served.version_id or random.random() * 100 >= self.shadow_share:
             return None
-        return self.shadow
+        return shadow
 
 
 class Router:

@@ -56,8 +56,9 @@ class InferenceService:
         their JSON (25,000 Python floats for 32 images) kept ~40 MB of objects alive and cost more
         than the parse itself."""
         resolution = await self.route(principal, ref)
-        shadow = resolution.mirror()
-        running = self.run(resolution.pick(), inputs)
+        target = resolution.pick()
+        shadow = resolution.mirror(target)
+        running = self.run(target, inputs)
         mirrored = inputs if shadow is not None else None
         del inputs  # from here run() holds the only reference, until the inputs are arrays
         prediction = await running
