@@ -125,7 +125,13 @@ def create_app(settings: Settings) -> ModelportApp:
         keys=KeyAuthenticator(db, watch),
         router=router,
         runtime=runtime,
-        inference=InferenceService(router, runtime, max_batch=settings.max_batch, on_shadow=metrics.observe_shadow),
+        inference=InferenceService(
+            router,
+            runtime,
+            max_batch=settings.max_batch,
+            on_shadow=metrics.observe_shadow,
+            on_prediction=metrics.observe_prediction,
+        ),
         metrics=metrics,
     )
 

@@ -106,7 +106,7 @@ class _HotCollector(Collector):
         )
         yield m.prediction_latency.family(
             "modelport_prediction_duration_seconds",
-            "Prediction latency (resolve, preprocess, queue, model, decode)",
+            "Prediction latency (resolve, preprocess, queue, model)",
             ["model", "version"],
         )
         yield m.batch_size.family(
@@ -156,8 +156,9 @@ class Metrics:
         self.requests.inc((route, method, _STATUS.get(status) or str(status)))
         self.latency.observe((route, method), seconds)
 
-    def observe_prediction(self, model: str, version: int | None, seconds: float, *, ok: bool) -> None:
-        label = "-" if version is None else str(version)
+    def observe_prediction(self, model: str, version: int, seconds: float, ok: bool) -> None:
+        """A request that reached ``version`` (``InferenceService.on_prediction``): answered, or failed."""
+        label = str(version)
         self.predictions.inc((model, label, "ok" if ok else "error"))
         if ok:
             self.prediction_latency.observe((model, label), seconds)

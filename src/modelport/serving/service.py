@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -21,6 +22,8 @@ log = logging.getLogger("modelport.serving")
 
 ShadowObserver = Callable[[str, int, str, float], None]
 """(model, shadow version, outcome "agree" | "disagree" | "error", max |difference|)."""
+PredictionObserver = Callable[[str, int, float, bool], None]
+"""(model, version, seconds, ok): every request that reached a version, from every protocol."""
 
 
 class Prediction(NamedTuple):
@@ -40,11 +43,13 @@ class InferenceService:
         *,
         max_batch: int,
         on_shadow: ShadowObserver | None = None,
+        on_prediction: PredictionObserver | None = None,
     ) -> None:
         self.router = router
         self.runtime = runtime
         self.max_batch = max_batch
         self.on_shadow = on_shadow
+        self.on_prediction = on_prediction
         self._shadows: set[asyncio.Task[None]] = set()
         self._routes: SingleFlight[Resolution] = SingleFlight()
 
@@ -54,14 +59,28 @@ class InferenceService:
         The caller hands ``inputs`` over: once they are arrays, the parsed JSON is let go before the
         wait for the batch (unless a shadow needs it). Under load, requests wait together; holding
         their JSON (25,000 Python floats for 32 images) kept ~40 MB of objects alive and cost more
-        than the parse itself."""
+        than the parse itself.
+
+        ``on_prediction`` counts each request that reached a version, answered or failed (bad inputs
+        for its schema, a full queue, a timeout, the model failing). A request refused before a version
+        is chosen (unknown model, no permission) is not counted per model: its labels would come from
+        the caller, and any key could then grow the metrics without bound. The HTTP metrics count it."""
+        started = time.perf_counter()
         resolution = await self.route(principal, ref)
         target = resolution.pick()
         shadow = resolution.mirror(target)
         running = self.run(target, inputs)
         mirrored = inputs if shadow is not None else None
         del inputs  # from here run() holds the only reference, until the inputs are arrays
-        prediction = await running
+        observe = self.on_prediction
+        try:
+            prediction = await running
+        except Exception:
+            if observe is not None:
+                observe(target.model, target.version, time.perf_counter() - started, False)
+            raise
+        if observe is not None:
+            observe(target.model, target.version, time.perf_counter() - started, True)
         if shadow is not None:
             task = asyncio.get_running_loop().create_task(self._shadow(shadow, mirrored, prediction))
             self._shadows.add(task)

@@ -6,7 +6,6 @@ endpoint in OpenAPI) and the lean fast path in ``api/fastpath.py`` (which serves
 
 from __future__ import annotations
 
-import time
 from typing import NamedTuple
 
 from fastapi import APIRouter, Request
@@ -15,7 +14,7 @@ from starlette.responses import Response
 from modelport.api.context import AppContext
 from modelport.api.deps import Caller, Ctx
 from modelport.auth.principals import Principal
-from modelport.errors import ModelportError, UnsupportedMediaType
+from modelport.errors import UnsupportedMediaType
 from modelport.serving.protocols import native, raw
 
 router = APIRouter(tags=["inference"])
@@ -69,23 +68,14 @@ async def answer(
     is_raw = content_type.startswith(raw.MEDIA_TYPE)
     if not is_raw and not content_type.startswith("application/json"):
         raise UnsupportedMediaType(expected="application/json or application/octet-stream")
-    started = time.perf_counter()
-    try:  # parsed straight into predict, with no name here: predict drops the JSON once it is arrays
-        prediction = await ctx.inference.predict(
-            who, ref, raw.parse(body, tensor_shape, tensor_dtype) if is_raw else native.parse_body(body)
-        )
-    except ModelportError:  # (a body that does not parse counts as a failed prediction too)
-        ctx.metrics.observe_prediction(ref.split(":")[0].split("@")[0][:63], None, 0.0, ok=False)
-        raise
+    # parsed straight into predict, with no name here: predict drops the JSON once it is arrays
+    prediction = await ctx.inference.predict(
+        who, ref, raw.parse(body, tensor_shape, tensor_dtype) if is_raw else native.parse_body(body)
+    )
     if accept is not None and raw.MEDIA_TYPE in accept:
         payload, headers = raw.render(prediction, max_bytes=ctx.settings.max_output_bytes)
-        result = Answer(payload, raw.MEDIA_TYPE, headers)
-    else:
-        result = Answer(native.render(prediction, max_bytes=ctx.settings.max_output_bytes), "application/json", {})
-    ctx.metrics.observe_prediction(
-        prediction.target.model, prediction.target.version, time.perf_counter() - started, ok=True
-    )
-    return result
+        return Answer(payload, raw.MEDIA_TYPE, headers)
+    return Answer(native.render(prediction, max_bytes=ctx.settings.max_output_bytes), "application/json", {})
 
 
 @router.post(
