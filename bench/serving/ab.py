@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from quick import CELLS, VENV_BIN, free_port, headers_file, prepare, server_run, wait_port
+from quick import CELLS, VENV_BIN, cell_url, free_port, headers_file, prepare, server_run, wait_port
 
 Runs = dict[tuple[str, str], list[dict[str, float]]]
 
@@ -60,7 +60,7 @@ def drive(
             which, conns = CELLS[cell]
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 proc, port = procs[name]
-                url = f"http://127.0.0.1:{port}/v1/models/mlp/predict"
+                url = cell_url(port, cell)
                 out = server_run(proc.pid, url, work / f"{which}.json", headers[cell], conns, seconds, work / "lua")
                 if r:
                     results.setdefault((cell, name), []).append(out)

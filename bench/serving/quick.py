@@ -148,6 +148,12 @@ def minor_faults(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
+def cell_url(port: int, cell: str, path: str = "/v1/models/mlp/predict") -> str:
+    """Where ``cell``'s requests go: V2 bodies to the V2 infer route, the others to ``path``."""
+    which, _ = CELLS[cell]
+    return f"http://127.0.0.1:{port}{'/v2/models/mlp/infer' if which.startswith('V') else path}"
+
+
 def headers_file(work: Path, cell: str, key: str) -> Path:
     """The request headers of ``cell`` for wrk's script (the key; raw cells' media type and shape)."""
     which, _ = CELLS[cell]
@@ -179,7 +185,7 @@ def measure(
         results = {}
         for cell in cells:
             which, conns = CELLS[cell]
-            url = f"http://127.0.0.1:{port}{'/v2/models/mlp/infer' if which.startswith('V') else path}"
+            url = cell_url(port, cell, path)
             headers = headers_file(work, cell, key)
             wrk(url, work / f"{which}.json", headers, conns, 2, work / "lua")  # warm-up
             results[cell] = server_run(proc.pid, url, work / f"{which}.json", headers, conns, seconds, work / "lua")
