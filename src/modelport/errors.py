@@ -383,5 +383,5 @@ class IntegrityError(ModelportError):
 class Unavailable(ModelportError):
     code = "unavailable"
 
-    def __init__(self, *, message: str) -> None:
-        super().__init__(message=message)
+    def __init__(self, *, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message=message, details=details)

@@ -117,6 +117,37 @@ async def test_model_that_cannot_fit_is_a_clear_503(settings: Settings, mnist_mo
     ) as c:
         await upload(c, "big", mnist_model.onnx_path, mnist_model.manifest)
         r = await c.post("/v1/models/big/predict", json={"inputs": mnist_model.test_images[0].tolist()})
-        assert r.status_code == 503 and "memory budget" in r.json()["error"]["message"]
+        assert r.status_code == 503
+        error = r.json()["error"]
+        assert "memory budget is 1000 bytes; raise MODELPORT_MEMORY_BUDGET_BYTES" in error["message"]
+        assert error["details"]["needed_bytes"] > 1000 and error["details"]["pinned_bytes"] == 0
     app.state.ctx.runtime.close()
     app.state.ctx.db.dispose()
+
+
+async def test_a_model_crowded_out_by_pinned_ones_is_a_503_that_says_so(
+    settings: Settings, mnist_model: TrainedMnist
+) -> None:
+    async def pinned_bytes_after(budget: int, pins: list[str], then: str) -> tuple[list[int], httpx.Response]:
+        app = create_app(Settings(**{**settings.model_dump(), "memory_budget_bytes": budget}))
+        auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", headers=auth) as c:
+            for name in [*pins, then]:
+                await upload(c, name, mnist_model.onnx_path, mnist_model.manifest)
+            sizes = []
+            for name in pins:
+                r = await c.post(f"/v1/models/{name}/load", json={"pin": True})
+                assert r.status_code == 200, r.text
+                sizes.append(r.json()["memory_bytes"])
+            last = await c.post(f"/v1/models/{then}/predict", json={"inputs": mnist_model.test_images[0].tolist()})
+        app.state.ctx.runtime.close()
+        app.state.ctx.db.dispose()
+        return sizes, last
+
+    # one version's measured size, with room to spare; then a budget that fits two of them, not three
+    (one,), _ = await pinned_bytes_after(1 << 30, ["p0"], "p1")
+    sizes, r = await pinned_bytes_after(one * 5 // 2, ["p0", "p1"], "p2")
+    assert r.status_code == 503
+    error = r.json()["error"]
+    assert error["details"]["pinned_bytes"] == sum(sizes) and error["details"]["budget_bytes"] == one * 5 // 2
+    assert "KiB of it is taken by pinned models; unpin or unload one" in error["message"]

@@ -194,12 +194,7 @@ class ModelRuntime:
         for item in evicted:
             self._retire(item)
         if not fits:
-            raise Unavailable(
-                message=(
-                    f"cannot load this model: it needs about {needed >> 20} MiB and the memory budget of "
-                    f"{self.memory_budget >> 20} MiB is taken by pinned models; unpin or unload one"
-                )
-            )
+            raise _no_room(needed, self.memory_budget, pinned=used)
 
     def _retire(self, item: Loaded) -> None:
         with item._lock:
@@ -277,3 +272,21 @@ class ModelRuntime:
             self._loaded.clear()
         for item in items:
             item.pipeline.predictor.unload()
+
+
+def _no_room(needed: int, budget: int, *, pinned: int) -> Unavailable:
+    """The 503 for a version that cannot fit: alone larger than the budget, or crowded out by pins."""
+    if pinned:
+        why = f"{_size(pinned)} of it is taken by pinned models; unpin or unload one"
+    else:
+        why = "raise MODELPORT_MEMORY_BUDGET_BYTES to serve it"
+    message = f"cannot load this model: it needs about {_size(needed)} and the memory budget is {_size(budget)}; {why}"
+    details = {"needed_bytes": needed, "budget_bytes": budget, "pinned_bytes": pinned}
+    return Unavailable(message=message, details=details)
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} bytes"
