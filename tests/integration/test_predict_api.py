@@ -155,3 +155,16 @@ async def test_v2_metadata_and_infer(client: httpx.AsyncClient, served: TrainedM
     bad = {"inputs": [{"name": "input", "shape": [2, 784], "datatype": "FP32", "data": [1.0] * 10}]}
     r = await client.post("/v2/models/mnist/infer", json=bad)
     assert r.status_code == 400 and "do not fill shape" in r.json()["error"]["message"]
+
+
+async def test_v2_outputs_requested_by_name_and_an_unknown_one_is_a_400(
+    client: httpx.AsyncClient, served: TrainedMnist
+) -> None:
+    tensor = {"name": "input", "shape": [1, 784], "datatype": "FP32", "data": served.test_images[0].tolist()}
+    r = await client.post("/v2/models/mnist/infer", json={"inputs": [tensor], "outputs": [{"name": "probabilities"}]})
+    assert r.status_code == 200 and [o["name"] for o in r.json()["outputs"]] == ["probabilities"]
+    r = await client.post("/v2/models/mnist/infer", json={"inputs": [tensor], "outputs": [{"name": "output"}]})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["message"] == "unknown output 'output': this model's outputs are probabilities"
+    assert error["details"] == {"outputs": ["probabilities"]}

@@ -105,7 +105,7 @@ def render_infer(
     """The V2 answer; NaN and Infinity become null, so it is always valid JSON."""
     check_output_size(prediction, max_bytes)
     tensors, _ = prediction.pipeline.postprocess(prediction.outputs)
-    names = [n for n in tensors if wanted is None or n in wanted]
+    names = list(tensors) if wanted is None else _requested(wanted, list(tensors))
     outputs = []
     for name in names:
         arr = np.asarray(tensors[name])
@@ -126,6 +126,18 @@ def render_infer(
     if request_id is not None:
         body["id"] = request_id
     return check_answer_size(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), max_bytes)
+
+
+def _requested(wanted: list[str], names: list[str]) -> list[str]:
+    """The outputs a request named, in the model's order; a name the model lacks is a 400 (as Triton),
+    not a silently empty answer."""
+    for name in wanted:
+        if name not in names:
+            raise InvalidInput(
+                message=f"unknown output {name[:64]!r}: this model's outputs are {', '.join(names)}",
+                details={"outputs": names},
+            )
+    return [n for n in names if n in wanted]
 
 
 def tensor_metadata(specs: list[TensorSpec]) -> list[dict[str, Any]]:
