@@ -15,6 +15,7 @@ from modelport.client import ConnectionFailed
 from modelport.client.errors import build_error
 from modelport.errors import (
     AliasInUse,
+    InvalidInput,
     InvalidName,
     ModelExists,
     ModelFailed,
@@ -219,6 +220,25 @@ def test_infer_v2(admin: Client, tiny_onnx: TinyOnnx) -> None:
     np.testing.assert_allclose(got, tiny_onnx.logits, rtol=1e-4, atol=1e-5)
 
 
+def test_predict_tensor_sends_and_gets_raw_arrays(admin: Client, tiny_onnx: TinyOnnx) -> None:
+    admin.upload("sdk-raw", tiny_onnx.path, manifest={"postprocess": [{"softmax": True}]})
+    batch = admin.predict_tensor("sdk-raw", tiny_onnx.inputs)
+    assert (batch.dtype, batch.shape) == (np.float32, (5, 3))
+    np.testing.assert_allclose(batch, softmax(tiny_onnx.logits), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(batch, np.asarray(admin.predict("sdk-raw", tiny_onnx.inputs)["outputs"]), atol=1e-6)
+    one = admin.predict_tensor("sdk-raw", tiny_onnx.inputs[0])  # one example in, one answer out
+    assert one.shape == (3,)
+    np.testing.assert_allclose(one, batch[0], atol=1e-6)
+    # float64 and big-endian arrays go out as what they are: the server casts to the model's input
+    wide = admin.predict_tensor("sdk-raw", tiny_onnx.inputs.astype(">f8"))
+    np.testing.assert_allclose(wide, batch, atol=1e-6)
+    with pytest.raises(TypeError, match="float32"):
+        admin.predict_tensor("sdk-raw", tiny_onnx.inputs.astype(np.complex64))
+    with pytest.raises(InvalidInput) as info:
+        admin.predict_tensor("sdk-raw", np.zeros((2, 5), np.float32))
+    assert "shape" in str(info.value)
+
+
 async def test_async_client(live_server: Server, tiny_onnx: TinyOnnx, tmp_path: Path) -> None:
     async with AsyncClient(*live_server) as mp:
         assert (await mp.whoami())["role"] == "admin"
@@ -229,6 +249,8 @@ async def test_async_client(live_server: Server, tiny_onnx: TinyOnnx, tmp_path: 
         version = await mp.upload("sdk-async", tiny_onnx.path)
         answer = await mp.predict(f"sdk-async:{version['version']}", tiny_onnx.inputs)
         np.testing.assert_allclose(np.asarray(answer["outputs"]), tiny_onnx.logits, rtol=1e-4, atol=1e-5)
+        raw = await mp.predict_tensor(f"sdk-async:{version['version']}", tiny_onnx.inputs)
+        np.testing.assert_allclose(raw, tiny_onnx.logits, rtol=1e-4, atol=1e-5)
         path = await mp.download("sdk-async", 1, "mlp.onnx", tmp_path / "copy.onnx")
         assert path.read_bytes() == tiny_onnx.path.read_bytes()
         await mp.delete_model("sdk-async")

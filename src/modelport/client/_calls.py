@@ -26,7 +26,7 @@ from modelport.errors import IntegrityError
 
 T = TypeVar("T")
 JSON = dict[str, Any]
-Decode = Literal["json", "text", "empty"]
+Decode = Literal["json", "text", "empty", "response"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 USER_AGENT = f"modelport-python/{__version__}"
@@ -44,7 +44,10 @@ class Call(Generic[T]):
     path: str
     params: Mapping[str, Any] | None = None
     body: bytes | None = None
-    """A JSON body, already encoded (orjson, so numpy arrays go straight through)."""
+    """A body, already encoded: JSON (orjson, so numpy arrays go straight through) unless ``content_type``."""
+    content_type: str = "application/json"
+    headers: Mapping[str, str] | None = None
+    """Request headers beyond the client's own (a raw tensor's shape and dtype)."""
     form: Mapping[str, str] | None = None
     upload: Sequence[Path] = ()
     """Files sent as multipart ``file`` parts; opened only while sending."""
@@ -58,7 +61,7 @@ class Call(Generic[T]):
             kwargs["params"] = {k: _query(v) for k, v in self.params.items() if v is not None}
         if self.body is not None:
             kwargs["content"] = self.body
-            kwargs["headers"] = {"content-type": "application/json"}
+            kwargs["headers"] = {"content-type": self.content_type, **(self.headers or {})}
         if self.upload:
             handles: list[tuple[str, tuple[str, IO[bytes], str]]] = []
             for path in self.upload:
@@ -76,6 +79,8 @@ class Call(Generic[T]):
             return self.pick(None)
         if self.decode == "text":
             return self.pick(response.text)
+        if self.decode == "response":
+            return self.pick(response)
         return self.pick(orjson.loads(response.content) if response.content else None)
 
 
@@ -263,6 +268,38 @@ def list_permissions(name: str) -> Call[dict[str, str]]:
 # -- inference -------------------------------------------------------------------------------------
 def predict(ref: str, inputs: Any) -> Call[JSON]:
     return Call("POST", f"/v1/models/{seg(ref)}/predict", body=encode_json({"inputs": inputs}))
+
+
+RAW_MEDIA_TYPE = "application/octet-stream"
+RAW_DTYPES = ("float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8", "bool")
+"""What the server takes as a raw tensor (``serving/protocols/raw.py``)."""
+
+
+def predict_tensor(ref: str, value: Any) -> Call[Any]:
+    """The raw-tensor predict: the array's bytes out, the primary output's bytes back (no JSON)."""
+    import numpy as np  # only raw-tensor callers pay for numpy
+
+    arr = np.asarray(value)
+    if arr.dtype.name not in RAW_DTYPES:
+        raise TypeError(f"a raw tensor must be one of {', '.join(RAW_DTYPES)}, not {arr.dtype.name}")
+    arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))  # the wire is little-endian
+    headers = {
+        "x-tensor-shape": ",".join(str(d) for d in arr.shape),
+        "x-tensor-dtype": arr.dtype.name,
+        "accept": RAW_MEDIA_TYPE,
+    }
+    path = f"/v1/models/{seg(ref)}/predict"
+    return Call(
+        "POST", path, body=arr.tobytes(), content_type=RAW_MEDIA_TYPE, headers=headers, decode="response", pick=_tensor
+    )
+
+
+def _tensor(response: httpx.Response) -> Any:
+    import numpy as np
+
+    shape = tuple(int(d) for d in response.headers["x-tensor-shape"].split(",") if d)
+    dtype = np.dtype(response.headers["x-tensor-dtype"]).newbyteorder("<")
+    return np.frombuffer(response.content, dtype=dtype).reshape(shape)
 
 
 V2_DATATYPES = {

@@ -237,6 +237,15 @@ class Client(JobsMixin, DatasetsMixin, _Base):
         """
         return self._send(calls.predict(ref, inputs))
 
+    def predict_tensor(self, ref: str, array: Any) -> Any:
+        """Predict with a numpy array sent as raw bytes; the primary output comes back as an array.
+
+        No JSON on either side, the fastest way in and out for batches (``docs/api.md``, raw tensors).
+        ``array`` is one example or a batch in one of float32, float64, float16, int8, int16, int32,
+        int64, uint8 or bool; the answer is a read-only array over the response's bytes (after softmax
+        or sigmoid, as the manifest says; no labels: ask ``predict`` for those)."""
+        return self._send(calls.predict_tensor(ref, array))
+
     def infer_v2(self, name: str, inputs: Mapping[str, Any], version: int | None = None) -> JSON:
         """Open Inference Protocol V2 infer; ``inputs`` maps tensor names to arrays or lists."""
         return self._send(calls.infer_v2(name, inputs, version))
@@ -451,6 +460,9 @@ class AsyncClient(AsyncJobsMixin, AsyncDatasetsMixin, _Base):
 
     async def predict(self, ref: str, inputs: Any) -> JSON:
         return await self._send(calls.predict(ref, inputs))
+
+    async def predict_tensor(self, ref: str, array: Any) -> Any:
+        return await self._send(calls.predict_tensor(ref, array))
 
     async def infer_v2(self, name: str, inputs: Mapping[str, Any], version: int | None = None) -> JSON:
         return await self._send(calls.infer_v2(name, inputs, version))
