@@ -23,7 +23,7 @@ from starlette.types import Message, Receive
 
 from modelport.api.context import AppContext
 from modelport.api.errors import error_response, status_of
-from modelport.api.routers.predict import answer
+from modelport.api.routers.predict import Answer, answer
 from modelport.api.routers.v2 import answer_infer
 from modelport.auth.keys import REFRESH_AFTER_S
 from modelport.auth.principals import ANONYMOUS_ADMIN, Principal
@@ -108,16 +108,19 @@ class FastPath:
                     tensor_shape=_text(headers.get(b"x-tensor-shape")),
                     tensor_dtype=_text(headers.get(b"x-tensor-dtype")),
                 )
-                reply = Reply(result.body, _MEDIA.get(result.media_type) or result.media_type.encode())
-                if result.headers:
-                    reply.headers = [(k.lower().encode(), v.encode()) for k, v in result.headers.items()]
-                return reply
+                return _reply(result)
             infer = INFER.match(path)
             assert infer is not None
-            payload = await answer_infer(
-                self.ctx, who, infer.group(1), infer.group(2), body, _text(headers.get(b"content-type"))
+            result = await answer_infer(
+                self.ctx,
+                who,
+                infer.group(1),
+                infer.group(2),
+                body,
+                _text(headers.get(b"content-type")),
+                _text(headers.get(b"inference-header-content-length")),
             )
-            return Reply(payload, b"application/json")
+            return _reply(result)
         except ModelportError as exc:
             err_headers: dict[str, str] | None = None
             if isinstance(exc, TooManyRequests):
@@ -127,6 +130,13 @@ class FastPath:
             response = error_response(status_of(exc), exc.code, exc.message, exc.details, err_headers)
             exc.__traceback__ = None  # an idle worker thread may keep the error; its frames hold the body
             return response
+
+
+def _reply(result: Answer) -> Reply:
+    reply = Reply(result.body, _MEDIA.get(result.media_type) or result.media_type.encode())
+    if result.headers:
+        reply.headers = [(k.lower().encode(), v.encode()) for k, v in result.headers.items()]
+    return reply
 
 
 class Reply:

@@ -9,7 +9,7 @@ from modelport import __version__
 from modelport.api.context import AppContext
 from modelport.api.deps import Caller, Ctx
 from modelport.api.routers._json import json_response
-from modelport.api.routers.predict import require_json
+from modelport.api.routers.predict import Answer, require_json
 from modelport.auth.principals import Principal
 from modelport.refs import check_name, parse_version
 from modelport.registry import versions
@@ -81,18 +81,35 @@ async def version_ready(name: str, version: str, ctx: Ctx, who: Caller) -> Respo
 
 
 async def answer_infer(
-    ctx: AppContext, who: Principal, name: str, version: str | None, body: bytes, content_type: str | None
-) -> bytes:
-    """A whole V2 infer request after authentication (shared with the fast path)."""
-    require_json(content_type)
-    arrays, request_id, wanted = v2.parse_infer(body)
-    prediction = await ctx.inference.predict(who, _ref(name, version), arrays)
-    return v2.render_infer(prediction, request_id, wanted, max_bytes=ctx.settings.max_output_bytes)
+    ctx: AppContext,
+    who: Principal,
+    name: str,
+    version: str | None,
+    body: bytes,
+    content_type: str | None,
+    header_length: str | None = None,
+) -> Answer:
+    """A whole V2 infer request after authentication (shared with the fast path). ``header_length`` is
+    the binary tensor data extension's ``Inference-Header-Content-Length``: JSON, then raw bytes."""
+    if header_length is None or content_type is None or not content_type.startswith(v2.BINARY_MEDIA_TYPE):
+        require_json(content_type)
+    request = v2.parse_infer(body, header_length)
+    prediction = await ctx.inference.predict(who, _ref(name, version), request.arrays)
+    payload, json_length = v2.render_infer(
+        prediction, request.request_id, request.wanted, request.binary, max_bytes=ctx.settings.max_output_bytes
+    )
+    if json_length is None:
+        return Answer(payload, "application/json", {})
+    return Answer(payload, v2.BINARY_MEDIA_TYPE, {"Inference-Header-Content-Length": str(json_length)})
 
 
 async def _infer(ctx: Ctx, who: Principal, request: Request, name: str, version: str | None) -> Response:
-    body = await answer_infer(ctx, who, name, version, await request.body(), request.headers.get("content-type"))
-    return Response(body, media_type="application/json")
+    headers = request.headers
+    body = await request.body()
+    answer = await answer_infer(
+        ctx, who, name, version, body, headers.get("content-type"), headers.get(v2.BINARY_HEADER)
+    )
+    return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
 
 
 @router.post("/models/{name}/infer", summary="Infer with the default version")
