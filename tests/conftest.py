@@ -11,9 +11,11 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -123,6 +125,17 @@ def mnist_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedMnist:
         "description": "784-64-10 MLP on an MNIST slice",
     }
     return TrainedMnist(out, manifest, xte, yte, probs)
+
+
+def error_of(r: httpx.Response) -> dict[str, Any]:
+    """An error answer's code, message and details: ``{"error": {...}}``, or on the V2 protocol's routes
+    its own ``{"error": "<message>", "code", "details"}`` (checked to be that shape there)."""
+    body = orjson.loads(r.content)
+    if r.request.url.path.startswith("/v2/"):
+        assert isinstance(body["error"], str), body
+        return {"code": body["code"], "message": body["error"], "details": body["details"]}
+    error: dict[str, Any] = body["error"]
+    return error
 
 
 async def upload(

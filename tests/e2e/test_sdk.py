@@ -218,6 +218,11 @@ def test_infer_v2(admin: Client, tiny_onnx: TinyOnnx) -> None:
     assert (out["name"], out["shape"]) == ("logits", [5, 3])
     got = np.asarray(out["data"]).reshape(out["shape"])
     np.testing.assert_allclose(got, tiny_onnx.logits, rtol=1e-4, atol=1e-5)
+    # the V2 routes answer errors in the protocol's shape; the SDK raises the same classes for them
+    with pytest.raises(ModelNotFound, match="'sdk-v2-absent' not found"):
+        admin.infer_v2("sdk-v2-absent", {"input": tiny_onnx.inputs})
+    with pytest.raises(InvalidInput):
+        admin.infer_v2("sdk-v2", {"input": tiny_onnx.inputs[:, :3]})
 
 
 def test_predict_tensor_sends_and_gets_raw_arrays(admin: Client, tiny_onnx: TinyOnnx) -> None:

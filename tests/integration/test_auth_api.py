@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from tests.conftest import TrainedMnist, member_key, upload
+from tests.conftest import TrainedMnist, error_of, member_key, upload
 
 
 async def test_every_endpoint_but_health_needs_a_key(app) -> None:  # type: ignore[no-untyped-def]
@@ -24,7 +24,7 @@ async def test_every_endpoint_but_health_needs_a_key(app) -> None:  # type: igno
         ]:
             r = await anon.request(method, path)
             assert r.status_code == 401, path
-            assert r.json()["error"]["code"] == "unauthenticated"
+            assert error_of(r)["code"] == "unauthenticated"
         r = await anon.get("/v1/models", headers={"Authorization": "Bearer mp_wrong-key-000000000000000000000000"})
         assert r.status_code == 401
 

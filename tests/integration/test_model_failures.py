@@ -23,7 +23,7 @@ from onnx import TensorProto, helper
 from modelport.config import Settings
 from modelport.errors import ModelFailed
 from modelport.serving.pipeline import model_failed
-from tests.conftest import ADMIN_KEY, upload
+from tests.conftest import ADMIN_KEY, error_of, upload
 from tests.e2e.test_http_lane import _request
 from tests.e2e.test_http_wire import _connect, _responses
 from tests.security.live import served
@@ -57,7 +57,7 @@ def batch_of_one(tmp_path: Path) -> Path:
 
 def _assert_told(answer: httpx.Response) -> None:
     assert answer.status_code == 422, answer.text
-    error = answer.json()["error"]
+    error = error_of(answer)
     assert error["code"] == "model_failed"
     assert "cannot be reshaped to the requested shape" in error["message"]
     assert "Input shape:{2,4}" in error["details"]["reason"]

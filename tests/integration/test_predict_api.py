@@ -6,7 +6,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import TrainedMnist, upload
+from tests.conftest import TrainedMnist, error_of, upload
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ async def test_v2_metadata_and_infer(client: httpx.AsyncClient, served: TrainedM
     np.testing.assert_allclose(np.asarray(out["data"]).reshape(3, 10), served.torch_probs[:3], atol=1e-5)
     bad = {"inputs": [{"name": "input", "shape": [2, 784], "datatype": "FP32", "data": [1.0] * 10}]}
     r = await client.post("/v2/models/mnist/infer", json=bad)
-    assert r.status_code == 400 and "do not fill shape" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "do not fill shape" in error_of(r)["message"]
 
 
 async def test_v2_outputs_requested_by_name_and_an_unknown_one_is_a_400(
@@ -165,6 +165,6 @@ async def test_v2_outputs_requested_by_name_and_an_unknown_one_is_a_400(
     assert r.status_code == 200 and [o["name"] for o in r.json()["outputs"]] == ["probabilities"]
     r = await client.post("/v2/models/mnist/infer", json={"inputs": [tensor], "outputs": [{"name": "output"}]})
     assert r.status_code == 400, r.text
-    error = r.json()["error"]
+    error = error_of(r)
     assert error["message"] == "unknown output 'output': this model's outputs are probabilities"
     assert error["details"] == {"outputs": ["probabilities"]}

@@ -34,7 +34,7 @@ from onnx import TensorProto, helper, numpy_helper, save_model
 
 from modelport.api.app import create_app
 from modelport.config import Settings
-from tests.conftest import ADMIN_KEY, upload
+from tests.conftest import ADMIN_KEY, error_of, upload
 
 JSON = {"Content-Type": "application/json"}
 RAW = {"Content-Type": "application/octet-stream"}
@@ -140,7 +140,8 @@ def strict_json(text: str) -> Any:
 
 def assert_error(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
     assert r.status_code == status, r.text[:300]
-    error: dict[str, Any] = strict_json(r.text)["error"]
+    strict_json(r.text)  # no NaN or Infinity constants anywhere in it
+    error = error_of(r)
     assert code is None or error["code"] == code, error
     return error
 

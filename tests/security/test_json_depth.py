@@ -15,7 +15,7 @@ import pytest
 from modelport.api.app import create_app
 from modelport.api.guards import json_depth_over
 from modelport.config import Settings
-from tests.conftest import ADMIN_KEY, TrainedMnist, upload
+from tests.conftest import ADMIN_KEY, TrainedMnist, error_of, upload
 
 JSON = {"Content-Type": "application/json"}
 
@@ -142,7 +142,7 @@ async def test_inference_inputs_deeper_than_the_signature_say_so(
     for levels, words in [(900, "data nests 900 levels deep; its shape [1, 784] has 2"), (2000, "deeper than 1024")]:
         text = v2.replace('"data": 0', '"data": ' + "[" * levels + "1" + "]" * levels).encode()
         r = await client.post("/v2/models/digits/infer", content=text, headers=JSON)
-        assert r.status_code == 400 and words in r.json()["error"]["message"], r.text
+        assert r.status_code == 400 and words in error_of(r)["message"], r.text
     past = b'{"inputs": ' + b"[" * 2000 + b"]" * 2000 + b"}"
     r = await client.post("/v1/models/digits/predict", content=past, headers=JSON)
     assert r.status_code == 400 and "deeper than 1024 levels" in r.json()["error"]["message"], r.text

@@ -13,6 +13,7 @@ from fastapi import routing
 
 from modelport.api import deps, fastpath
 from modelport.api.middleware import EDGE_ROUTES, PUBLIC_ROUTES
+from tests.conftest import error_of
 
 AUTH_DEPENDENCIES: set[Callable[..., Any]] = {deps.principal, deps.admin}
 """The dependencies that decide who may call: the key's principal, or an admin."""
@@ -67,7 +68,7 @@ async def test_every_non_public_route_refuses_a_call_without_a_key(app: Any) -> 
         for method, path in calls:
             r = await anon.request(method, path)
             assert r.status_code == 401, (method, path, r.status_code, r.text)
-            assert r.json()["error"]["code"] == "unauthenticated"
+            assert error_of(r)["code"] == "unauthenticated"
             r = await anon.request(
                 method, path, headers={"Authorization": "Bearer mp_wrong-0000000000000000000000000000"}
             )

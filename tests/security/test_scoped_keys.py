@@ -15,7 +15,7 @@ import pytest
 from modelport.api.app import create_app
 from modelport.auth import keys as keys_module
 from modelport.config import Settings
-from tests.conftest import ADMIN_KEY, TrainedMnist, upload
+from tests.conftest import ADMIN_KEY, TrainedMnist, error_of, upload
 
 Probe = tuple[str, str, dict[str, Any], dict[str, str]]
 
@@ -85,7 +85,7 @@ async def test_a_model_outside_the_key_patterns_is_exactly_a_missing_model(
             hidden = await client.request(method, path.format(m="secret"), headers={**narrow, **extra}, **kwargs)
             absent = await client.request(method, path.format(m="absent"), headers={**narrow, **extra}, **kwargs)
             assert hidden.status_code == absent.status_code == 404, (path, hidden.text)
-            h, a = hidden.json()["error"], absent.json()["error"]
+            h, a = error_of(hidden), error_of(absent)
             assert h["code"] == a["code"] == "model_not_found", (path, h)
             assert _without(h, "secret") == _without(a, "absent"), path
     lineage_parent = {"lineage": {"parent": "secret:1"}, **mnist_model.manifest}
@@ -133,7 +133,7 @@ async def test_read_only_key_cannot_predict(client: httpx.AsyncClient, mnist_mod
         assert r.status_code == 403 and r.json()["error"]["details"]["scope"] == "infer", r.text
     v2 = {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": image}]}
     r = await client.post("/v2/models/rita-model/infer", json=v2, headers=key)
-    assert r.status_code == 403 and "'infer' scope" in r.json()["error"]["message"]
+    assert r.status_code == 403 and "'infer' scope" in error_of(r)["message"]
 
 
 async def test_admin_key_without_the_admin_action_is_no_admin(
@@ -295,7 +295,7 @@ async def test_rate_limit_per_key_answers_429_with_retry_after(
         r = await client.post(path, json=body, headers=bearer(limited))
         assert r.status_code == 429, r.text
         assert 1 <= int(r.headers["Retry-After"]) <= 100
-        error = r.json()["error"]
+        error = error_of(r)
         assert set(error) == {"code", "message", "details"} and error["code"] == "too_many_requests"
         assert "0.01 inference requests per second" in error["message"]
     minted = (await new_key(client, "rae", as_key=limited))["key"]  # draws from the same bucket

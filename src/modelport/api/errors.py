@@ -50,8 +50,16 @@ def error_response(
     message: str,
     details: dict[str, object] | None = None,
     headers: dict[str, str] | None = None,
+    *,
+    v2: bool = False,
 ) -> Response:
-    body = orjson.dumps({"error": {"code": code, "message": message, "details": details or {}}})
+    """The error answer. With ``v2`` (the Open Inference Protocol's routes), the protocol's own shape:
+    ``{"error": "<message>"}``, which KServe and Triton clients read (tritonclient fails on an object
+    there), with ``code`` and ``details`` beside it."""
+    if v2:
+        body = orjson.dumps({"error": message, "code": code, "details": details or {}})
+    else:
+        body = orjson.dumps({"error": {"code": code, "message": message, "details": details or {}}})
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
@@ -65,7 +73,8 @@ async def _modelport_error(request: Request, exc: Exception) -> Response:
         headers = {"WWW-Authenticate": "Bearer"}
     if status >= 500:
         log.error("request %s failed: %s", getattr(request.state, "request_id", "-"), exc.code)
-    response = error_response(status, exc.code, exc.message, exc.details, headers)
+    v2 = request.url.path.startswith("/v2/")
+    response = error_response(status, exc.code, exc.message, exc.details, headers, v2=v2)
     exc.__traceback__ = None  # an idle worker thread may keep the error; its frames hold the request body
     return response
 

@@ -127,7 +127,8 @@ class FastPath:
                 err_headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
             elif isinstance(exc, Unauthenticated):
                 err_headers = {"WWW-Authenticate": "Bearer"}
-            response = error_response(status_of(exc), exc.code, exc.message, exc.details, err_headers)
+            v2 = path.startswith("/v2/")
+            response = error_response(status_of(exc), exc.code, exc.message, exc.details, err_headers, v2=v2)
             exc.__traceback__ = None  # an idle worker thread may keep the error; its frames hold the body
             return response
 

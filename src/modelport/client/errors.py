@@ -91,6 +91,8 @@ def error_from_response(response: httpx.Response) -> ModelportError:
     try:
         body = orjson.loads(response.content)
         error = body["error"]
+        if isinstance(error, str):  # the V2 routes' shape: {"error": message, "code", "details"}
+            error = {"message": error, "code": body["code"], "details": body.get("details")}
         code, message = str(error["code"]), str(error["message"])
         details = error.get("details") or {}
         if not isinstance(details, dict):
