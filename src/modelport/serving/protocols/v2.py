@@ -78,7 +78,7 @@ def parse_infer(body: bytes, header_length: str | None = None) -> InferRequest:
     if header_length is not None:
         return _parse_binary(body, header_length)
     fast = read_v2(body)
-    return InferRequest(*fast) if fast is not None else _parse_general(body, b"")
+    return InferRequest(*fast) if fast is not None else _parse_general(body)
 
 
 def _parse_binary(body: bytes, header_length: str) -> InferRequest:
@@ -89,7 +89,7 @@ def _parse_binary(body: bytes, header_length: str) -> InferRequest:
     return _parse_general(body[:size], memoryview(body)[size:])
 
 
-def _parse_general(body: bytes, binary: bytes | memoryview) -> InferRequest:
+def _parse_general(body: bytes, binary: bytes | memoryview = b"") -> InferRequest:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -165,7 +165,7 @@ def _binary_outputs(data: dict[str, Any], outputs: Any) -> Binary:
         return True
     if not isinstance(outputs, list):
         return False
-    return frozenset(
+    named = frozenset(
         o["name"]
         for o in outputs
         if isinstance(o, dict)
@@ -173,6 +173,7 @@ def _binary_outputs(data: dict[str, Any], outputs: Any) -> Binary:
         and isinstance(o.get("parameters"), dict)
         and o["parameters"].get("binary_data") is True
     )
+    return named or False
 
 
 def render_infer(
