@@ -29,6 +29,7 @@ from modelport.auth.keys import REFRESH_AFTER_S
 from modelport.auth.principals import ANONYMOUS_ADMIN, Principal
 from modelport.auth.rate_limit import RateLimiter
 from modelport.errors import ModelportError, TooManyRequests, Unauthenticated
+from modelport.serving.protocols import v2 as v2_codec
 from modelport.serving.singleflight import SingleFlight
 
 PREDICT = re.compile(r"^/v1/models/([^/]+)/predict$")
@@ -118,7 +119,7 @@ class FastPath:
                 infer.group(2),
                 body,
                 _text(headers.get(b"content-type")),
-                _text(headers.get(b"inference-header-content-length")),
+                _text(headers.get(_BINARY_HEADER)),
             )
             return _reply(result)
         except ModelportError as exc:
@@ -151,6 +152,7 @@ class Reply:
         self.headers: list[tuple[bytes, bytes]] = []
 
 
+_BINARY_HEADER = v2_codec.BINARY_HEADER.encode()
 _MEDIA = {"application/json": b"application/json", "application/octet-stream": b"application/octet-stream"}
 
 
